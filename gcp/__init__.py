@@ -1,0 +1,1 @@
+"""gcp: deep second-order networks (global covariance pooling) in JAX/Flax."""

