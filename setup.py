@@ -25,7 +25,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # torch runs the PyTorch port of the release that the operators are tested against.
+        "test": ["pytest>=8", "torch==2.13.0"],
         "cuda": ["jax[cuda12]"],
     },
 )

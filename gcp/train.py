@@ -276,9 +276,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "train_loss": float(np.mean([m["loss"] for m in epoch_metrics])),
              "train_top1": float(np.mean([m["top1"] for m in epoch_metrics]))}
     final.update(evaluate(eval_step, state, data.eval_batches(builder, **eval_kw), mesh))
-    reporting.info(f"epoch {epoch + 1}/{config.num_epochs}: train loss {final['train_loss']:.4f}, "
-              f"eval top-1 {100 * final['eval_top1']:.2f}%, top-5 "
-              f"{100 * final['eval_top5']:.2f}% ({final['eval_examples']} images)")
+    reporting.info(f"epoch {epoch + 1}/{config.num_epochs}: train loss "
+                   f"{final['train_loss']:.4f}, eval top-1 {100 * final['eval_top1']:.2f}%, "
+                   f"top-5 {100 * final['eval_top5']:.2f}% ({final['eval_examples']} images)")
     log.write(step, final)
     ckpt.save(step, state, spec, metrics=final)
   bar.close()

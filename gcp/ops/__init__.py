@@ -2,7 +2,10 @@
 
 Shapes follow SPEC §1: a feature map is seen as M samples of a C-dim vector, `[..., M, C]`.
 """
+from gcp.ops.bilinear import bilinear_pool, compact_bilinear_pool, sketch_params, tensor_sketch
 from gcp.ops.covariance import covariance, triu_vec
+from gcp.ops.eig import eig_power
 from gcp.ops.newton_schulz import isqrt
 
-__all__ = ["covariance", "isqrt", "triu_vec"]
+__all__ = ["bilinear_pool", "compact_bilinear_pool", "covariance", "eig_power", "isqrt",
+           "sketch_params", "tensor_sketch", "triu_vec"]

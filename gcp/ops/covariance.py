@@ -3,6 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+_HIGHEST = jax.lax.Precision.HIGHEST
+
 
 def covariance(x: jax.Array) -> jax.Array:
   """Biased sample covariance of M samples, in float32 whatever the input dtype.
@@ -15,11 +17,37 @@ def covariance(x: jax.Array) -> jax.Array:
   """
   if x.ndim < 2:
     raise ValueError(f"covariance expects features [..., M, C], got shape {x.shape}")
+  return _covariance(x)
+
+
+def _centred(x):
   x = x.astype(jnp.float32)
-  # Subtracting the mean costs O(MC); the PyTorch release's M x M centring matrix costs O(M^2).
-  xc = x - jnp.mean(x, axis=-2, keepdims=True)
-  return jnp.einsum("...mc,...md->...cd", xc, xc,
-                    precision=jax.lax.Precision.HIGHEST) / x.shape[-2]
+  # Subtracting the mean costs O(MC); the PyTorch release's M x M centring matrix, O(M^2 C).
+  return x - jnp.mean(x, axis=-2, keepdims=True)
+
+
+@jax.custom_vjp
+def _covariance(x):
+  xc = _centred(x)
+  return jnp.einsum("...mc,...md->...cd", xc, xc, precision=_HIGHEST) / x.shape[-2]
+
+
+def _covariance_fwd(x):
+  xc = _centred(x)
+  cov = jnp.einsum("...mc,...md->...cd", xc, xc, precision=_HIGHEST) / x.shape[-2]
+  return cov, (xc, jnp.zeros((0,), x.dtype))  # the empty array carries x's dtype
+
+
+def _covariance_bwd(res, g):
+  # dX = Xc (G + G^T) / M: one product instead of autodiff's two, and no centring term
+  # (the columns of Xc already sum to zero).
+  xc, dtype_carrier = res
+  sym = g + jnp.swapaxes(g, -1, -2)
+  dx = jnp.einsum("...mc,...cd->...md", xc, sym, precision=_HIGHEST) / xc.shape[-2]
+  return (dx.astype(dtype_carrier.dtype),)
+
+
+_covariance.defvjp(_covariance_fwd, _covariance_bwd)
 
 
 def triu_vec(mat: jax.Array) -> jax.Array:
