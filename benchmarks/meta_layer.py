@@ -1,17 +1,21 @@
 """Speed and memory of the GCP meta-layer against the PyTorch release, on this machine.
 
-Forward + backward of triu(isqrt(cov(x))) (`gcp.ops`, jitted) and of the release's
+Forward + backward of triu(isqrt_cov(x)) (`gcp.ops`, jitted, both evaluation methods) and
+of the release's
 Covpool -> Sqrtm -> Triuvec (PyTorch port with its dense M x M centring matrix and
 hand-written backward, tests/references/torch_release.py), float32, same inputs, same
 process for timing. The `eig` path (MPN-COV, eigendecomposition) is reported beside them.
-Peak memory is the rise of the resident set over one call, sampled every 0.5 ms in a fresh
-process per case.
+Peak memory: for PyTorch the rise of the resident set over one warmed-up call, sampled
+every 0.5 ms in a fresh process (large CPU tensors are returned to the OS when freed); for
+JAX the compiled program's buffers from XLA's memory analysis (arguments, outputs and
+temporaries), because XLA's CPU runtime keeps freed buffers and its RSS would hide them.
 
   python benchmarks/meta_layer.py [--repeats 10] [--threads 2]
 
 Prints a table of times, peak memory and the ratios ours / PyTorch (lower is better).
 """
 import argparse
+import functools
 import json
 import os
 import platform
@@ -24,7 +28,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(32, 256, 196), (8, 256, 784)]  # (B, C, M): 224 px and 448 px inputs, d = 256
-IMPLS = ("torch_release", "gcp_isqrt", "gcp_eig")
+IMPLS = ("torch_release", "isqrt newton_schulz", "isqrt eigh", "eig (MPN-COV)")
 
 
 def _rss_bytes() -> int:
@@ -48,30 +52,43 @@ def _peak_rss_rise(fn) -> int:
   return max(peak[0], _rss_bytes()) - base
 
 
-def _make_step(impl: str, b: int, c: int, m: int):
-  """A function running one forward + backward on fixed random inputs, synchronously."""
+def _inputs(b: int, c: int, m: int):
   rng = np.random.default_rng(0)
   x = np.maximum(rng.normal(size=(b, m, c)), 0).astype(np.float32)
-  w = rng.normal(size=(b, c * (c + 1) // 2)).astype(np.float32)
-  if impl == "torch_release":
-    import torch
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from references import torch_release
-    xt = torch.tensor(x.transpose(0, 2, 1).copy(), requires_grad=True)
-    wt = torch.tensor(w)
+  return x, rng.normal(size=(b, c * (c + 1) // 2)).astype(np.float32)
 
-    def step():
-      xt.grad = None
-      (torch_release.meta_layer(xt, 5) * wt).sum().backward()
-      return xt.grad
-    return step
+
+def _torch_step(b: int, c: int, m: int):
+  """One forward + backward of the release port on fixed random inputs."""
+  import torch
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  from references import torch_release
+  x, w = _inputs(b, c, m)
+  xt = torch.tensor(x.transpose(0, 2, 1).copy(), requires_grad=True)
+  wt = torch.tensor(w)
+
+  def step():
+    xt.grad = None
+    (torch_release.meta_layer(xt, 5) * wt).sum().backward()
+    return xt.grad
+  return step
+
+
+def _jax_step(impl: str, b: int, c: int, m: int):
+  """(one synchronous forward + backward, the compiled program's buffer bytes)."""
   import jax
   import jax.numpy as jnp
   from gcp import ops
-  norm = ops.isqrt if impl == "gcp_isqrt" else ops.eig_power
-  grad = jax.jit(jax.grad(lambda f, v: jnp.sum(ops.triu_vec(norm(ops.covariance(f))) * v)))
-  xj, wj = jnp.asarray(x), jnp.asarray(w)
-  return lambda: grad(xj, wj).block_until_ready()
+  if impl.startswith("isqrt"):
+    pool = functools.partial(ops.isqrt_cov, method=impl.split()[1])
+  else:
+    pool = lambda f: ops.eig_power(ops.covariance(f))
+  grad = jax.jit(jax.grad(lambda f, v: jnp.sum(ops.triu_vec(pool(f)) * v)))
+  x, w = (jnp.asarray(a) for a in _inputs(b, c, m))
+  memory = grad.lower(x, w).compile().memory_analysis()
+  peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes +
+          memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  return (lambda: grad(x, w).block_until_ready()), peak
 
 
 def _seconds(step, repeats: int) -> float:
@@ -84,10 +101,10 @@ def _seconds(step, repeats: int) -> float:
   return float(np.median(times))
 
 
-def _memory_case(impl, b, c, m, threads):
+def _torch_memory_case(b, c, m, threads):
   """Runs in a fresh process: peak RSS rise of one warmed-up call."""
   _set_threads(threads)
-  step = _make_step(impl, b, c, m)
+  step = _torch_step(b, c, m)
   step()
   print(json.dumps({"peak_bytes": _peak_rss_rise(step)}))
 
@@ -101,11 +118,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
-  parser.add_argument("--memory-case", nargs=4, help=argparse.SUPPRESS)
+  parser.add_argument("--torch-memory-case", nargs=3, type=int, help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.memory_case:
-    impl, b, c, m = args.memory_case
-    return _memory_case(impl, int(b), int(c), int(m), args.threads)
+  if args.torch_memory_case:
+    return _torch_memory_case(*args.torch_memory_case, args.threads)
 
   _set_threads(args.threads)
   import jax
@@ -116,18 +132,22 @@ def main():
   rows = []
   cases = [(s, impl) for s in SIZES for impl in IMPLS]
   for (b, c, m), impl in tqdm(cases, desc="cases"):
-    seconds = _seconds(_make_step(impl, b, c, m), args.repeats)
-    out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
-                          "--memory-case", impl, str(b), str(c), str(m)],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
-    peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+    if impl == "torch_release":
+      seconds = _seconds(_torch_step(b, c, m), args.repeats)
+      out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
+                            "--torch-memory-case", str(b), str(c), str(m)],
+                           capture_output=True, text=True, check=True, cwd=ROOT)
+      peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+    else:
+      step, peak = _jax_step(impl, b, c, m)
+      seconds = _seconds(step, args.repeats)
     rows.append(((b, c, m), impl, seconds, peak))
 
-  print(f"\n{'B, C, M':>14} {'implementation':>15} {'fwd+bwd ms':>11} {'peak MB':>8} "
+  print(f"\n{'B, C, M':>14} {'implementation':>20} {'fwd+bwd ms':>11} {'peak MB':>8} "
         f"{'time ratio':>10} {'memory ratio':>12}")
   for (size, impl, seconds, peak) in rows:
     base = next(r for r in rows if r[0] == size and r[1] == "torch_release")
-    print(f"{str(size):>14} {impl:>15} {1e3 * seconds:11.1f} {peak / 2**20:8.1f} "
+    print(f"{str(size):>14} {impl:>20} {1e3 * seconds:11.1f} {peak / 2**20:8.1f} "
           f"{seconds / base[2]:10.2f} {peak / max(base[3], 1):12.2f}")
 
 

@@ -1,7 +1,7 @@
 """The only module that talks to Orbax: save, restore, and load variables for notebooks.
 
 A checkpoint directory holds one folder per step with two items: `state` (step, params,
-batch_stats, opt_state) and `model` (the `create_model` arguments as JSON, so a checkpoint
+model_state, opt_state) and `model` (the `create_model` arguments as JSON, so a checkpoint
 says which architecture it belongs to). Orbax writes each step to a temporary folder and
 renames it when complete, so a killed run never leaves a half-written checkpoint behind.
 """
@@ -62,7 +62,7 @@ class Checkpointer:
 
 
 def load_variables(directory: str, step: int | None = None) -> dict:
-  """`{"params": ..., "batch_stats": ...}` of a checkpoint, for `model.apply` in notebooks.
+  """`{"params": ..., "batch_stats": ..., ...}` of a checkpoint, for `model.apply`.
 
   Args:
     directory: a checkpoint directory (`WORKDIR/checkpoints`) or a workdir holding one.
@@ -78,4 +78,5 @@ def load_variables(directory: str, step: int | None = None) -> dict:
     if step is None:
       raise FileNotFoundError(f"{directory!r} holds no checkpoint")
     state = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return {k: state["state"][k] for k in ("params", "batch_stats")}
+  state = state["state"]
+  return {"params": state["params"], **state["model_state"]}

@@ -34,10 +34,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.arch = "resnet50"
-  c.model.head = "isqrt"
+  c.model.head = "isqrt"            # gcp.heads.HEADS: gap cov isqrt eig bcnn cbp dropcov
   c.model.num_classes = _optional(int)  # None: taken from the data set
   c.model.reduction_dim = _optional(int, 128)  # 0 or None: no reduction block
-  c.model.num_iters = 5
+  c.model.num_iters = 5             # isqrt head: Newton-Schulz iterations
+  c.model.isqrt_method = "auto"     # isqrt head: auto | newton_schulz | eigh (same function)
+  c.model.alpha = 0.5               # eig head: eigenvalue power (0.5: square root)
+  c.model.sketch_dim = 8192         # cbp head: Tensor Sketch dimension
   c.model.width = 64
   c.model.small_input = False
   c.model.dtype = "float32"

@@ -11,6 +11,7 @@ from typing import Any
 
 import flax.linen as nn
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,10 +25,14 @@ from gcp.models import create_model
 
 
 class TrainState(flax.struct.PyTreeNode):
-  """Everything a run needs to continue: arrays only, so it checkpoints as a plain tree."""
+  """Everything a run needs to continue: arrays only, so it checkpoints as a plain tree.
+
+  `model_state` holds the model's non-trainable collections: `batch_stats` (BatchNorm
+  statistics) and, for heads that have them, `constants` (e.g. CBP's sketch).
+  """
   step: jax.Array
   params: Any
-  batch_stats: Any
+  model_state: Any
   opt_state: Any
 
 
@@ -85,10 +90,10 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, 
                mesh: jax.sharding.Mesh) -> TrainState:
   """Fresh state, replicated over `mesh`. `image_shape` is one image's `(H, W, C)`."""
   def init():
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape)), train=False)
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}),
+    variables = dict(model.init(jax.random.key(seed), jnp.zeros((1, *image_shape)),
+                                train=False))
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                       opt_state=tx.init(params))
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
@@ -106,23 +111,33 @@ def _correct(logits, labels, k):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    label_smoothing: float):
-  """Jitted `(state, batch) -> (state, {"loss", "top1"})`; donates the input state."""
+                    label_smoothing: float, seed: int = 0):
+  """Jitted `(state, batch) -> (state, metrics)`; donates the input state.
+
+  Metrics: `loss`, `top1`, and every scalar the model sows into `intermediates` (e.g.
+  DropCov's `drop_rate`). The `dropout` rng of step s is fold_in(key(seed), s), so a
+  resumed run draws the same masks.
+  """
+  base_key = jax.random.key(seed)
+
   def train_step(state: TrainState, batch):
     def loss_fn(params):
       logits, updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, batch["image"],
-          train=True, mutable=["batch_stats"])
-      return cross_entropy(logits, batch["label"], label_smoothing).mean(), (
-          logits, updates["batch_stats"])
+          {"params": params, **state.model_state}, batch["image"], train=True,
+          mutable=["batch_stats", "intermediates"],
+          rngs={"dropout": jax.random.fold_in(base_key, state.step)})
+      return cross_entropy(logits, batch["label"], label_smoothing).mean(), (logits, updates)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          batch_stats=batch_stats, opt_state=opt_state)
-    top1 = _correct(logits, batch["label"], 1).mean()
-    return state, {"loss": loss, "top1": top1}
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    sown = updates.pop("intermediates", {})
+    opt_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1,
+                          params=optax.apply_updates(state.params, opt_updates),
+                          model_state={**state.model_state, **updates}, opt_state=opt_state)
+    metrics = {"loss": loss, "top1": _correct(logits, batch["label"], 1).mean()}
+    for path, values in flax.traverse_util.flatten_dict(sown).items():
+      metrics[path[-1]] = jnp.mean(jnp.stack(values))
+    return state, metrics
   return jax.jit(train_step, donate_argnums=0)
 
 
@@ -130,8 +145,8 @@ def make_eval_step(model: nn.Module):
   """Jitted `(state, batch) -> sums` of loss, top-1 and top-5 hits and count over the
   unmasked examples (padding carries mask False)."""
   def eval_step(state: TrainState, batch):
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         batch["image"], train=False)
+    logits = model.apply({"params": state.params, **state.model_state}, batch["image"],
+                         train=False)
     mask = batch["mask"]
     k5 = min(5, logits.shape[-1])
     return {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -246,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  f"{steps_per_epoch} steps/epoch x {config.num_epochs} epochs on "
                  f"{jax.device_count()} device(s)")
 
-  train_step = make_train_step(model, tx, config.optim.label_smoothing)
+  train_step = make_train_step(model, tx, config.optim.label_smoothing, config.seed)
   eval_step = make_eval_step(model)
   log = reporting.MetricLog(workdir, resume_step=start_step)
   bar = reporting.progress_bar(total_steps, start_step, desc=f"{spec['arch']}+{spec['head']}")

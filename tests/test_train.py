@@ -11,6 +11,7 @@ import pytest
 
 from gcp import checkpoint, train
 from gcp.config import base_config
+from gcp.heads import HEADS
 from gcp.models import create_model
 from conftest import NUM_DEVICES
 
@@ -107,7 +108,7 @@ def test_multi_device_step_matches_single_device():
     for batch in batches:
       state, metrics = step(state, train.shard_batch(batch, mesh))
       losses.append(float(metrics["loss"]))
-    results.append((losses, jax.device_get(state.params), jax.device_get(state.batch_stats)))
+    results.append((losses, jax.device_get(state.params), jax.device_get(state.model_state)))
   assert len(jax.devices()) == NUM_DEVICES
   (l1, p1, s1), (l8, p8, s8) = results
   np.testing.assert_allclose(l8, l1, rtol=1e-5)
@@ -186,3 +187,25 @@ def test_checkpoint_of_another_architecture_is_refused_untouched(finished_run, d
                                        r"checkpoint 8, config 16\nUse a new --workdir"):
     train.train_and_evaluate(tiny_config(data_dir, **{"model.reduction_dim": 16}), workdir)
   assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_every_head_trains_a_step(head):
+  model = create_model("resnet18", head=head, num_classes=10, reduction_dim=8, width=4,
+                       small_input=True, sketch_dim=64)
+  tx = optax.sgd(0.1, momentum=0.9)
+  mesh = train.make_mesh(jax.devices()[:1])
+  state = train.init_state(model, tx, (8, 8, 3), seed=0, mesh=mesh)
+  before = jax.device_get(state)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
+           "label": rng.integers(0, 10, 4).astype(np.int32)}
+  state, metrics = train.make_train_step(model, tx, 0.1)(state, train.shard_batch(batch, mesh))
+  assert np.isfinite(float(metrics["loss"]))
+  assert ("drop_rate" in metrics) == (head == "dropcov")
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before.params,
+                         jax.device_get(state.params))
+  assert any(jax.tree.leaves(changed))
+  if head == "cbp":  # the sketch is a constant, not trained
+    jax.tree.map(np.testing.assert_array_equal, before.model_state["constants"],
+                 jax.device_get(state.model_state["constants"]))

@@ -31,7 +31,7 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
       heads that have one.
     dtype: backbone compute dtype; second-order parts always run in float32.
     **options: backbone attributes (`width`, `small_input`) and head attributes
-      (`num_iters`). An option that only other heads take is ignored, so one config
+      (`num_iters`, `isqrt_method`, `alpha`, `sketch_dim`). An option that only other heads take is ignored, so one config
       serves every head; a name no backbone or head knows is an error.
   """
   if arch not in STAGE_SIZES:

@@ -5,7 +5,7 @@ Shapes follow SPEC §1: a feature map is seen as M samples of a C-dim vector, `[
 from gcp.ops.bilinear import bilinear_pool, compact_bilinear_pool, sketch_params, tensor_sketch
 from gcp.ops.covariance import covariance, triu_vec
 from gcp.ops.eig import eig_power
-from gcp.ops.newton_schulz import isqrt
+from gcp.ops.newton_schulz import isqrt, isqrt_cov
 
 __all__ = ["bilinear_pool", "compact_bilinear_pool", "covariance", "eig_power", "isqrt",
-           "sketch_params", "tensor_sketch", "triu_vec"]
+           "isqrt_cov", "sketch_params", "tensor_sketch", "triu_vec"]

@@ -89,12 +89,23 @@ def _eig_power_fwd(cov, alpha, eps):
   return _forward(cov, alpha, eps)
 
 
+def daleckii_krein(u: jax.Array, k: jax.Array, g: jax.Array) -> jax.Array:
+  """Gradient of a spectral function U f(L) U^T at a symmetric matrix, w.r.t. symmetric
+  perturbations: U (K o U^T sym(G) U) U^T, symmetrised exactly.
+
+  Args:
+    u: `[..., d, d]` eigenvectors (columns).
+    k: `[..., d, d]` divided differences of f at the eigenvalues (f' on the diagonal).
+    g: `[..., d, d]` the output's cotangent.
+  """
+  gbar = _mm(_t(u), _mm(0.5 * (g + _t(g)), u))
+  grad = _mm(u, _mm(k * gbar, _t(u)))
+  return 0.5 * (grad + _t(grad))
+
+
 def _eig_power_bwd(alpha, eps, res, g):
   lam, u = res
-  gbar = _mm(_t(u), _mm(0.5 * (g + _t(g)), u))
-  dcov = _mm(u, _mm(_divided_differences(lam, alpha, eps) * gbar, _t(u)))
-  # Exactly symmetric, as the derivative through sym(cov) must be.
-  return (0.5 * (dcov + _t(dcov)),)
+  return (daleckii_krein(u, _divided_differences(lam, alpha, eps), g),)
 
 
 _eig_power.defvjp(_eig_power_fwd, _eig_power_bwd)

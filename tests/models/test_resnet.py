@@ -31,6 +31,11 @@ def test_parameter_counts_match_spec(arch):
                                  reduction_dim=128)) == d128
   assert num_params(create_model(arch, head="isqrt", num_classes=1000,
                                  reduction_dim=256)) == d256
+  # DropCov adds the 3 weights of its ECA conv; cov and eig heads have the same size.
+  assert num_params(create_model(arch, head="dropcov", num_classes=1000,
+                                 reduction_dim=128)) == d128 + 3
+  assert num_params(create_model(arch, head="eig", num_classes=1000,
+                                 reduction_dim=128)) == d128
 
 
 def last_stage_shape(model, size):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gcp.ops.bilinear import bilinear_pool, compact_bilinear_pool, sketch_params, tensor_sketch
+from references.numerics import finite_difference_grad, rel_err
 
 
 def signed_sqrt_l2_reference(z: np.ndarray) -> np.ndarray:
@@ -34,20 +35,6 @@ def tensor_sketch_reference(v, hashes, signs, d):
 def compact_bilinear_reference(x, hashes, signs, d):
   """SPEC §1 CBP in float64 (one `[M, C]` feature map): sum of psi, signed sqrt, L2."""
   return signed_sqrt_l2_reference(sum(tensor_sketch_reference(v, hashes, signs, d) for v in x))
-
-
-def rel_err(a, b):
-  return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
-
-
-def finite_difference_grad(f, x, h=1e-6):
-  """Central differences of a float64 function, entry by entry."""
-  grad = np.zeros_like(x)
-  for i in np.ndindex(x.shape):
-    e = np.zeros_like(x)
-    e[i] = h
-    grad[i] = (f(x + e) - f(x - e)) / (2 * h)
-  return grad
 
 
 # Jitted once per shape: op-by-op dispatch would compile every primitive separately.

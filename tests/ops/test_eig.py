@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gcp.ops.eig import eig_power
+from references.numerics import finite_difference_grad, rel_err
 
 EPS = 1e-12
 
@@ -30,20 +31,6 @@ def relu_covariance(m, c, scale=1.0, seed=0):
   x = scale * np.maximum(np.random.default_rng(seed).normal(size=(m, c)), 0)
   xc = x - x.mean(0)
   return xc.T @ xc / m
-
-
-def rel_err(a, b):
-  return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
-
-
-def finite_difference_grad(f, x, h=1e-6):
-  """Central differences of a float64 function, entry by entry."""
-  grad = np.zeros_like(x)
-  for i in np.ndindex(x.shape):
-    e = np.zeros_like(x)
-    e[i] = h
-    grad[i] = (f(x + e) - f(x - e)) / (2 * h)
-  return grad
 
 
 def weighted_grad(cov, w, alpha=0.5):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gcp import ops
+from references.numerics import finite_difference_grad, rel_err
 
 
 def isqrt_reference(cov: np.ndarray, num_iters: int) -> np.ndarray:
@@ -29,10 +30,6 @@ def relu_covariances(batch=3, m=49, c=16, seed=0):
 def well_conditioned_spd(d=6, seed=0):
   q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
   return (q * np.linspace(0.5, 1.5, d)) @ q.T
-
-
-def rel_err(a, b):
-  return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
 
 
 @pytest.mark.parametrize("num_iters", [10, 15])
@@ -63,16 +60,6 @@ def test_any_batch_shape():
   got = ops.isqrt(jnp.asarray(covs, jnp.float32))
   assert got.shape == (2, 3, 16, 16)
   assert rel_err(got[1, 2], isqrt_reference(covs[1, 2], 5)) <= 1e-5
-
-
-def finite_difference_grad(f, x, h=1e-6):
-  """Central differences of a float64 function, entry by entry."""
-  grad = np.zeros_like(x)
-  for i in np.ndindex(x.shape):
-    e = np.zeros_like(x)
-    e[i] = h
-    grad[i] = (f(x + e) - f(x - e)) / (2 * h)
-  return grad
 
 
 def test_gradient_matches_finite_differences_of_reference():
@@ -129,3 +116,50 @@ def test_rejects_bad_arguments(bad, match):
   kwargs = dict(cov=jnp.eye(3), num_iters=5) | bad
   with pytest.raises(ValueError, match=match):
     ops.isqrt(**kwargs)
+
+
+# ----------------------------------------------------------------- the eigh evaluation
+
+@pytest.mark.parametrize("num_iters", [1, 3, 5])
+def test_eigh_method_matches_float64_reference(num_iters):
+  covs = relu_covariances()
+  got = ops.isqrt(jnp.asarray(covs, jnp.float32), num_iters, method="eigh")
+  for g, c in zip(got, covs):
+    assert rel_err(g, isqrt_reference(c, num_iters)) <= 1e-5
+
+
+@pytest.mark.parametrize("name, x", [
+    ("M > C", np.maximum(np.random.default_rng(6).normal(size=(3, 40, 8)), 0)),
+    ("M < C (rank-deficient)", np.maximum(np.random.default_rng(7).normal(size=(3, 5, 12)), 0)),
+    ("large scale", 1e4 * np.random.default_rng(8).normal(size=(2, 30, 8))),
+])
+def test_isqrt_cov_methods_agree_with_autodiff_of_the_loop(name, x):
+  # Every evaluation equals plain autodiff of SPEC §1 (the Newton-Schulz loop) to 1e-5.
+  x = jnp.asarray(x, jnp.float32)
+  w = jnp.asarray(np.random.default_rng(9).normal(size=(x.shape[-1],) * 2), jnp.float32)
+
+  def loss(f, method):
+    return jnp.sum(ops.isqrt_cov(f, method=method) * w)
+
+  want = ops.isqrt(ops.covariance(x), method="newton_schulz")
+  want_grad = jax.grad(loss)(x, "newton_schulz")
+  for method in ("eigh", "auto"):
+    assert rel_err(ops.isqrt_cov(x, method=method), np.asarray(want, np.float64)) <= 1e-5
+    assert rel_err(jax.grad(loss)(x, method), np.asarray(want_grad, np.float64)) <= 1e-5
+
+
+def test_eigh_method_handles_repeated_and_zero_eigenvalues():
+  w = np.random.default_rng(10).normal(size=(6, 6))
+  w_sym = jnp.asarray(0.5 * (w + w.T), jnp.float32)
+  for cov in (2.0 * jnp.eye(6), jnp.zeros((6, 6))):
+    out = ops.isqrt(cov, method="eigh")
+    np.testing.assert_allclose(out, ops.isqrt(cov), rtol=1e-6, atol=1e-7)
+    grads = [jax.grad(lambda c: jnp.sum(ops.isqrt(c, method=m) * w_sym))(cov)
+             for m in ("eigh", "newton_schulz")]
+    assert np.all(np.isfinite(grads[0]))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_method_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="unknown iSQRT method 'svd'; valid: auto, newton_schulz, eigh"):
+    ops.isqrt(jnp.eye(3), method="svd")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gcp import ops
+from references.numerics import rel_err
 
 torch = pytest.importorskip("torch", reason="the PyTorch reference needs torch (test extra)")
 from references import torch_release  # noqa: E402
@@ -16,21 +17,17 @@ from references import torch_release  # noqa: E402
 B, M, C = 3, 20, 12
 
 
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
-
-
 def features(seed=0):
   return np.maximum(np.random.default_rng(seed).normal(size=(B, M, C)), 0)
 
 
-def ours(x, num_iters):
-  return ops.triu_vec(ops.isqrt(ops.covariance(x), num_iters))
+def ours(x, num_iters, method="newton_schulz"):
+  return ops.triu_vec(ops.isqrt_cov(x, num_iters, method=method))
 
 
+@pytest.mark.parametrize("method", ["newton_schulz", "eigh"])
 @pytest.mark.parametrize("num_iters", [1, 3, 5])
-def test_meta_layer_forward_and_gradient_match_release(num_iters):
+def test_meta_layer_forward_and_gradient_match_release(num_iters, method):
   x = features()
   w = np.random.default_rng(1).normal(size=(B, C * (C + 1) // 2))
   xt = torch.tensor(x.transpose(0, 2, 1), requires_grad=True)  # release layout [B, C, M]
@@ -38,8 +35,9 @@ def test_meta_layer_forward_and_gradient_match_release(num_iters):
   (out_t * torch.tensor(w)).sum().backward()
 
   x32 = jnp.asarray(x, jnp.float32)
-  out = ours(x32, num_iters)
-  grad = jax.grad(lambda f: jnp.sum(ours(f, num_iters) * jnp.asarray(w, jnp.float32)))(x32)
+  out = ours(x32, num_iters, method)
+  grad = jax.grad(lambda f: jnp.sum(ours(f, num_iters, method) *
+                                    jnp.asarray(w, jnp.float32)))(x32)
   assert rel_err(out, out_t.detach().numpy()) <= 1e-6
   assert rel_err(grad, xt.grad.numpy().transpose(0, 2, 1)) <= 1e-6
 
