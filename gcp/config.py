@@ -33,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 2
 
   c.model = ml_collections.ConfigDict()
-  c.model.arch = "resnet50"
+  c.model.arch = "resnet50"         # resnet18/34/50/101/152, vgg16_bn, mobilenet_v2
   c.model.head = "isqrt"            # gcp.heads.HEADS: gap cov isqrt eig bcnn cbp dropcov
   c.model.num_classes = _optional(int)  # None: taken from the data set
   c.model.reduction_dim = _optional(int, 128)  # 0 or None: no reduction block
@@ -41,8 +41,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.isqrt_method = "auto"     # isqrt head: auto | newton_schulz | eigh (same function)
   c.model.alpha = 0.5               # eig head: eigenvalue power (0.5: square root)
   c.model.sketch_dim = 8192         # cbp head: Tensor Sketch dimension
-  c.model.width = 64
-  c.model.small_input = False
+  c.model.width = 64                # ResNet / VGG channels of the first stage
+  c.model.width_mult = 1.0          # MobileNetV2 channel multiplier
+  c.model.small_input = False       # ResNet: 3x3 stride-1 stem, no max-pool (28-32 px)
+  c.model.variant = "pytorch"       # ResNet: pytorch | mindspore (SAME padding, BN eps)
+  c.model.init_scheme = _optional(str)  # mindspore | torchvision; None: the release's
   c.model.dtype = "float32"
 
   c.optim = ml_collections.ConfigDict()

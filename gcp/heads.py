@@ -31,16 +31,25 @@ class GAPHead(nn.Module):
 
 
 class _SecondOrderHead(nn.Module):
-  """Shared part: the optional reduction block, then features as `[B, M, d]`."""
+  """Shared part: the optional reduction block, then features as `[B, M, d]`.
+
+  The reduction block follows its backbone's conventions: BatchNorm eps (`bn_eps`), ReLU6
+  for MobileNetV2 (`reduction_relu6`), and the initialisation scheme (`init_scheme`).
+  """
   reduction_dim: int | None = None
   dtype: jnp.dtype = jnp.float32
+  bn_eps: float = 1e-5
+  reduction_relu6: bool = False
+  init_scheme: str = "mindspore"
   last_stage_stride: ClassVar[int] = 1
 
   def features(self, x, train: bool):
     """`[B, H, W, C]` -> `[B, H*W, d]`, d = reduction_dim (C when off). Call from a
     compact method."""
     if self.reduction_dim:
-      x = ReductionBlock(self.reduction_dim, dtype=self.dtype, name="reduce")(x, train)
+      x = ReductionBlock(self.reduction_dim, dtype=self.dtype, bn_eps=self.bn_eps,
+                         relu6=self.reduction_relu6, init_scheme=self.init_scheme,
+                         name="reduce")(x, train)
     b, h, w, c = x.shape
     return x.reshape(b, h * w, c)
 

@@ -1,33 +1,67 @@
-"""Building blocks shared by backbones and heads, with the releases' defaults (SPEC §2-3)."""
+"""Building blocks shared by backbones and heads, with the releases' conventions (SPEC §2-3, §6).
+
+- Initialisation schemes by name (`INITS`): 'mindspore' (the seed releases and the published
+  tables: conv Xavier-uniform, dense truncated normal 0.01) and 'torchvision' (the PyTorch
+  releases: conv Kaiming-normal fan-out, dense normal 0.01).
+- Padding: 'symmetric' (PyTorch: kernel // 2 on every side) or 'same' (TF/MindSpore: the
+  extra row and column of a strided conv go at the bottom and right).
+"""
+from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-# MindSpore releases (the published tables): conv Xavier-uniform, dense truncated normal 0.01.
-conv_init = nn.initializers.xavier_uniform()
-dense_init = nn.initializers.truncated_normal(stddev=0.01)
+INITS: dict[str, tuple[Callable, Callable]] = {  # name -> (conv kernel init, dense kernel init)
+    "mindspore": (nn.initializers.xavier_uniform(),
+                  nn.initializers.truncated_normal(stddev=0.01)),
+    "torchvision": (nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                    nn.initializers.normal(stddev=0.01)),
+}
+PADDINGS = ("symmetric", "same")
 
-def conv(features: int, kernel: int, strides: int = 1, *, name: str, dtype) -> nn.Conv:
-  """Bias-free square conv with PyTorch's symmetric padding (kernel // 2 on every side)."""
+
+def conv(features: int, kernel: int, strides: int = 1, *, name: str, dtype,
+         padding: str = "symmetric", init: str = "mindspore", groups: int = 1,
+         use_bias: bool = False) -> nn.Conv:
+  """Square conv (bias-free unless asked), padded as PyTorch ('symmetric') or TF /
+  MindSpore ('same')."""
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 kernel_init=conv_init, name=name)
+                 padding="SAME" if padding == "same" else ((pad, pad), (pad, pad)),
+                 feature_group_count=groups, use_bias=use_bias, dtype=dtype,
+                 kernel_init=INITS[init][0], name=name)
 
-def batch_norm(train: bool, *, name: str, dtype) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's momentum 0.1 and eps 1e-5; statistics over the global batch.
+
+def dense(features: int, *, name: str, init: str = "mindspore", dtype=jnp.float32) -> nn.Dense:
+  """Dense layer with bias (zero-initialised) and the scheme's kernel init."""
+  return nn.Dense(features, dtype=dtype, kernel_init=INITS[init][1], name=name)
+
+
+def max_pool_3x3_s2(x, padding: str = "symmetric"):
+  """3x3 / 2 max-pool: PyTorch's pad 1, or TF SAME (more at the bottom and right)."""
+  return nn.max_pool(x, (3, 3), strides=(2, 2),
+                     padding="SAME" if padding == "same" else ((1, 1), (1, 1)))
+
+
+def batch_norm(train: bool, *, name: str, dtype, epsilon: float = 1e-5) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's momentum 0.1; statistics over the global batch.
 
   Under `jax.jit` with a data-sharded batch the mean is taken over every device's examples.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon,
                       dtype=dtype, use_fast_variance=False, name=name)
 
+
 class ReductionBlock(nn.Module):
-  """1x1 conv (no bias) -> BN -> ReLU: `[B, H, W, C]` -> `[B, H, W, dim]`."""
+  """1x1 conv (no bias) -> BN -> ReLU (or ReLU6): `[B, H, W, C]` -> `[B, H, W, dim]`."""
   dim: int
   dtype: jnp.dtype = jnp.float32
+  bn_eps: float = 1e-5
+  relu6: bool = False
+  init_scheme: str = "mindspore"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = conv(self.dim, 1, name="conv", dtype=self.dtype)(x)
-    return nn.relu(batch_norm(train, name="bn", dtype=self.dtype)(x))
+    x = conv(self.dim, 1, name="conv", dtype=self.dtype, init=self.init_scheme)(x)
+    x = batch_norm(train, name="bn", dtype=self.dtype, epsilon=self.bn_eps)(x)
+    return nn.relu6(x) if self.relu6 else nn.relu(x)

@@ -1,59 +1,90 @@
 """Model registry: `create_model(arch, head=..., num_classes=...)` -> a flax.linen Module.
 
 The module is called as `model.apply(variables, images_nhwc, train=...)` and returns
-float32 logits `[B, num_classes]`.
+float32 logits `[B, num_classes]`. Every backbone takes every head of `gcp.heads.HEADS`.
 """
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from gcp.heads import HEADS
-from gcp.models.resnet import STAGE_SIZES, ResNet
+from gcp.layers import INITS
+from gcp.models.mobilenet import MobileNetV2
+from gcp.models.resnet import STAGE_SIZES, VARIANTS, ResNet
+from gcp.models.vgg import VGG
 
-ARCHS = tuple(STAGE_SIZES)
+# name -> (backbone constructor, the initialisation its release trained with)
+_BACKBONES = {
+    **{name: (functools.partial(ResNet, stage_sizes=stages, block=block), "mindspore")
+       for name, (stages, block) in STAGE_SIZES.items()},
+    "vgg16_bn": (VGG, "torchvision"),
+    "mobilenet_v2": (MobileNetV2, "torchvision"),
+}
+ARCHS = tuple(_BACKBONES)
 DTYPES = ("float32", "bfloat16", "float16")
+# Set by create_model itself, never passed as options.
+_MANAGED = {"stage_sizes", "block", "head", "num_classes", "dtype", "init_scheme", "parent",
+            "name", "bn_eps", "reduction_relu6", "reduction_dim"}
 
 
 def _fields(cls) -> set[str]:
-  return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  cls = cls.func if isinstance(cls, functools.partial) else cls
+  return {f.name for f in dataclasses.fields(cls)} - _MANAGED
+
+
+def _check(kind: str, value, valid) -> None:
+  if value not in valid:
+    raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")
 
 
 def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int | None = None,
-                 dtype: str = "float32", **options) -> nn.Module:
-  """Builds a backbone ending in a registered pooling head and a linear classifier.
+                 dtype: str = "float32", init_scheme: str | None = None,
+                 **options) -> nn.Module:
+  """Builds a backbone ending in a registered pooling head and its classifier.
 
   Args:
     arch: one of `ARCHS`.
     head: one of `gcp.heads.HEADS`.
     num_classes: classifier outputs.
-    reduction_dim: channels of the head's 1x1 reduction block (None: no reduction); used by
-      heads that have one.
+    reduction_dim: channels of the head's 1x1 reduction block (None or 0: none); used by
+      the second-order heads.
     dtype: backbone compute dtype; second-order parts always run in float32.
-    **options: backbone attributes (`width`, `small_input`) and head attributes
-      (`num_iters`, `isqrt_method`, `alpha`, `sketch_dim`). An option that only other heads take is ignored, so one config
-      serves every head; a name no backbone or head knows is an error.
+    init_scheme: `gcp.layers.INITS` key; None: the one the backbone's release trained with
+      ('mindspore' for ResNets, 'torchvision' for VGG and MobileNetV2).
+    **options: backbone attributes (ResNet `width`, `small_input`, `variant`; VGG `width`,
+      `hidden`, `dropout`; MobileNetV2 `width_mult`, `dropout`) and head attributes
+      (`num_iters`, `isqrt_method`, `alpha`, `sketch_dim`). An option that only other
+      backbones or heads take is ignored, so one config serves every combination; a name
+      none of them knows is an error.
   """
-  if arch not in STAGE_SIZES:
-    raise ValueError(f"unknown arch {arch!r}; valid archs: {', '.join(ARCHS)}")
-  if head not in HEADS:
-    raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
-  if dtype not in DTYPES:
-    raise ValueError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+  _check("arch", arch, ARCHS)
+  _check("head", head, tuple(HEADS))
+  _check("dtype", dtype, DTYPES)
+  backbone, default_init = _BACKBONES[arch]
+  init_scheme = init_scheme or default_init
+  _check("init_scheme", init_scheme, tuple(INITS))
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-  head_cls = HEADS[head]
-  backbone_fields = _fields(ResNet) - {"stage_sizes", "block", "head", "num_classes", "dtype"}
-  known = backbone_fields | set().union(*(_fields(h) for h in HEADS.values()))
+  known = set().union(*(_fields(b) for b, _ in _BACKBONES.values()),
+                      *(_fields(h) for h in HEADS.values()))
   unknown = sorted(set(options) - known)
   if unknown:
     raise ValueError(f"unknown model option(s) {unknown}; valid options: {sorted(known)}")
-  head_kwargs = {k: v for k, v in options.items() if k in _fields(head_cls)}
-  if "reduction_dim" in _fields(head_cls):
-    head_kwargs["reduction_dim"] = reduction_dim
-  if "dtype" in _fields(head_cls):
-    head_kwargs["dtype"] = jnp.dtype(dtype)
-  stage_sizes, block = STAGE_SIZES[arch]
-  return ResNet(stage_sizes=stage_sizes, block=block, head=head_cls(**head_kwargs),
-                num_classes=num_classes, dtype=jnp.dtype(dtype),
-                **{k: v for k, v in options.items() if k in backbone_fields})
+  if options.get("variant", "pytorch") not in VARIANTS:
+    raise ValueError(f"unknown variant {options['variant']!r}; valid variants: "
+                     f"{', '.join(VARIANTS)}")
+
+  head_cls, backbone_fields = HEADS[head], _fields(backbone)
+  head_fields = {f.name for f in dataclasses.fields(head_cls)}
+  head_kwargs = {k: v for k, v in options.items() if k in head_fields}
+  # The head follows its backbone's conventions where it has the attribute.
+  conventions = {
+      "reduction_dim": reduction_dim, "dtype": jnp.dtype(dtype), "init_scheme": init_scheme,
+      "bn_eps": 1e-4 if options.get("variant") == "mindspore" else 1e-5,
+      "reduction_relu6": arch == "mobilenet_v2"}
+  head_kwargs.update({k: v for k, v in conventions.items() if k in head_fields})
+  return backbone(head=head_cls(**head_kwargs), num_classes=num_classes,
+                  dtype=jnp.dtype(dtype), init_scheme=init_scheme,
+                  **{k: v for k, v in options.items() if k in backbone_fields})

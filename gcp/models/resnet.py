@@ -8,49 +8,60 @@ from typing import ClassVar, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gcp.layers import batch_norm, conv, dense_init
+from gcp.layers import batch_norm, conv, dense, max_pool_3x3_s2
+
+VARIANTS = ("pytorch", "mindspore")
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34). `[B, H, W, Cin]` -> `[B, H/s, W/s, filters]`."""
+class _Block(nn.Module):
+  """Residual block conventions: padding mode, BatchNorm eps, init scheme (see ResNet)."""
   filters: int
   strides: int = 1
   dtype: jnp.dtype = jnp.float32
+  padding: str = "symmetric"
+  bn_eps: float = 1e-5
+  downsample_eps: float = 1e-5
+  init_scheme: str = "mindspore"
+
+  def conv(self, features, kernel, strides=1, *, name):
+    return conv(features, kernel, strides, name=name, dtype=self.dtype, padding=self.padding,
+                init=self.init_scheme)
+
+  def bn(self, train, *, name, epsilon=None):
+    return batch_norm(train, name=name, dtype=self.dtype,
+                      epsilon=self.bn_eps if epsilon is None else epsilon)
+
+  def shortcut(self, x, channels, train):
+    """Identity, or 1x1 strided conv + BN where the shape changes (torchvision `downsample`)."""
+    if x.shape[-1] == channels and self.strides == 1:
+      return x
+    x = self.conv(channels, 1, self.strides, name="downsample_conv")(x)
+    return self.bn(train, name="downsample_bn", epsilon=self.downsample_eps)(x)
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convs (ResNet-18/34). `[B, H, W, Cin]` -> `[B, H/s, W/s, filters]`."""
   expansion: ClassVar[int] = 1
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    y = conv(self.filters, 3, self.strides, name="conv1", dtype=self.dtype)(x)
-    y = nn.relu(batch_norm(train, name="bn1", dtype=self.dtype)(y))
-    y = conv(self.filters, 3, name="conv2", dtype=self.dtype)(y)
-    y = batch_norm(train, name="bn2", dtype=self.dtype)(y)
-    return nn.relu(y + _shortcut(self, x, y.shape[-1], train))
+    y = self.conv(self.filters, 3, self.strides, name="conv1")(x)
+    y = nn.relu(self.bn(train, name="bn1")(y))
+    y = self.bn(train, name="bn2")(self.conv(self.filters, 3, name="conv2")(y))
+    return nn.relu(y + self.shortcut(x, y.shape[-1], train))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """1x1 -> 3x3 (strided) -> 1x1 x4 (ResNet-50/101/152). Output has 4 * filters channels."""
-  filters: int
-  strides: int = 1
-  dtype: jnp.dtype = jnp.float32
   expansion: ClassVar[int] = 4
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    y = conv(self.filters, 1, name="conv1", dtype=self.dtype)(x)
-    y = nn.relu(batch_norm(train, name="bn1", dtype=self.dtype)(y))
-    y = conv(self.filters, 3, self.strides, name="conv2", dtype=self.dtype)(y)
-    y = nn.relu(batch_norm(train, name="bn2", dtype=self.dtype)(y))
-    y = conv(self.filters * 4, 1, name="conv3", dtype=self.dtype)(y)
-    y = batch_norm(train, name="bn3", dtype=self.dtype)(y)
-    return nn.relu(y + _shortcut(self, x, y.shape[-1], train))
-
-
-def _shortcut(block, x, channels, train):
-  """Identity, or 1x1 strided conv + BN where the shape changes (torchvision `downsample`)."""
-  if x.shape[-1] == channels and block.strides == 1:
-    return x
-  x = conv(channels, 1, block.strides, name="downsample_conv", dtype=block.dtype)(x)
-  return batch_norm(train, name="downsample_bn", dtype=block.dtype)(x)
+    y = nn.relu(self.bn(train, name="bn1")(self.conv(self.filters, 1, name="conv1")(x)))
+    y = self.conv(self.filters, 3, self.strides, name="conv2")(y)
+    y = nn.relu(self.bn(train, name="bn2")(y))
+    y = self.bn(train, name="bn3")(self.conv(self.filters * 4, 1, name="conv3")(y))
+    return nn.relu(y + self.shortcut(x, y.shape[-1], train))
 
 
 class ResNet(nn.Module):
@@ -67,6 +78,10 @@ class ResNet(nn.Module):
     width: channels of the first stage (64 in every published model).
     small_input: 3x3 stride-1 stem without max-pool, for 28-32 px images.
     dtype: compute dtype of the backbone; the head's second-order part is float32.
+    variant: 'pytorch' (torchvision: symmetric padding, BN eps 1e-5) or 'mindspore' (the
+      seed releases, SPEC §6: TF SAME padding for ResNet-50/101/152, BN eps 1e-4 except
+      the ResNet-18/34 stem and downsample BNs), for converted MindSpore checkpoints.
+    init_scheme: 'mindspore' or 'torchvision' (`gcp.layers.INITS`).
   """
   stage_sizes: Sequence[int]
   block: type[nn.Module]
@@ -75,29 +90,36 @@ class ResNet(nn.Module):
   width: int = 64
   small_input: bool = False
   dtype: jnp.dtype = jnp.float32
+  variant: str = "pytorch"
+  init_scheme: str = "mindspore"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"ResNet expects NHWC RGB images [B, H, W, 3], got shape {x.shape}")
+    mindspore = self.variant == "mindspore"
+    bottleneck = self.block is Bottleneck
+    padding = "same" if mindspore and bottleneck else "symmetric"
+    block_eps = 1e-4 if mindspore else 1e-5
+    edge_eps = 1e-4 if mindspore and bottleneck else 1e-5  # stem and downsample BNs
     x = x.astype(self.dtype)
-    if self.small_input:
-      x = conv(self.width, 3, name="conv1", dtype=self.dtype)(x)
-    else:
-      x = conv(self.width, 7, 2, name="conv1", dtype=self.dtype)(x)
-    x = nn.relu(batch_norm(train, name="bn1", dtype=self.dtype)(x))
+    kernel, strides = (3, 1) if self.small_input else (7, 2)
+    x = conv(self.width, kernel, strides, name="conv1", dtype=self.dtype, padding=padding,
+             init=self.init_scheme)(x)
+    x = nn.relu(batch_norm(train, name="bn1", dtype=self.dtype, epsilon=edge_eps)(x))
     if not self.small_input:
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool_3x3_s2(x, padding)
     for i, num_blocks in enumerate(self.stage_sizes):
       stage_stride = 1 if i == 0 else 2
       if i == len(self.stage_sizes) - 1:
         stage_stride = min(stage_stride, type(self.head).last_stage_stride)
       for j in range(num_blocks):
         x = self.block(self.width * 2**i, strides=stage_stride if j == 0 else 1,
-                       dtype=self.dtype, name=f"layer{i + 1}_{j}")(x, train)
+                       dtype=self.dtype, padding=padding, bn_eps=block_eps,
+                       downsample_eps=edge_eps, init_scheme=self.init_scheme,
+                       name=f"layer{i + 1}_{j}")(x, train)
     x = self.head(x, train=train)
-    return nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=dense_init,
-                    name="fc")(x)
+    return dense(self.num_classes, name="fc", init=self.init_scheme)(x)
 
 
 STAGE_SIZES = {

@@ -1,0 +1,33 @@
+"""Model card: multiply-add counts against SPEC §2's torchvision-style figures."""
+import pytest
+
+from gcp import model_info
+from gcp.models import create_model
+
+
+@pytest.mark.parametrize("head, dim, published", [("gap", None, 4.1e9), ("isqrt", 128, 6.30e9)])
+def test_resnet50_multiply_adds_within_2_percent(head, dim, published):
+  model = create_model("resnet50", head=head, num_classes=1000, reduction_dim=dim,
+                       isqrt_method="newton_schulz")
+  assert abs(model_info.count_macs(model, 224) / published - 1) < 0.02
+
+
+def test_head_costs_match_spec():
+  # SPEC §2: reduction conv ~51 M, covariance ~3 M, Newton-Schulz ~25 M, FC ~8 M.
+  gap = model_info.count_macs(create_model("resnet50", head="gap", num_classes=1000))
+  gcp = model_info.count_macs(create_model("resnet50", head="isqrt", num_classes=1000,
+                                           reduction_dim=128, isqrt_method="newton_schulz"))
+  # The GCP model also runs layer4 at 14x14 instead of 7x7 (stride 1).
+  layer4_extra = model_info.count_macs(create_model(
+      "resnet50", head="cov", num_classes=1000, reduction_dim=128)) - gap
+  head = gcp - gap - layer4_extra
+  assert abs(head / 25.2e6 - 1) < 0.05  # 12 products of 128^3 = 25.2 M beyond the cov head
+
+
+def test_card_row_and_table():
+  entry = next(e for e in model_info.RELEASED if e[0] == "ResNet-18 iSQRT d=128")
+  row = model_info.card_row(entry, with_xla=True)
+  assert row["params"] == 19_499_304 and row["representation"] == 8_256
+  assert 0.9 < row["XLA GMACs"] / row["GMACs"] <= 1.0  # XLA skips products with padding
+  table = model_info.format_table([row])
+  assert "| ResNet-18 iSQRT d=128 | 19,499,304 |" in table and "74.64" in table
