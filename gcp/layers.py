@@ -17,7 +17,6 @@ INITS: dict[str, tuple[Callable, Callable]] = {  # name -> (conv kernel init, de
     "torchvision": (nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
                     nn.initializers.normal(stddev=0.01)),
 }
-PADDINGS = ("symmetric", "same")
 
 
 def conv(features: int, kernel: int, strides: int = 1, *, name: str, dtype,

@@ -1,6 +1,5 @@
 """VGG-16-BN, MobileNetV2, the MindSpore-parity ResNet variant, initialisation schemes,
 and every backbone x head training a step."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
