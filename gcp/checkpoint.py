@@ -1,14 +1,18 @@
 """The only module that talks to Orbax: save, restore, and load variables for notebooks.
 
 A checkpoint directory holds one folder per step with two items: `state` (step, params,
-model_state, opt_state) and `model` (the `create_model` arguments as JSON, so a checkpoint
-says which architecture it belongs to). Orbax writes each step to a temporary folder and
+model_state, and opt_state in training checkpoints; converted ones have none) and `model`
+(the `create_model` arguments as JSON, so a checkpoint says which architecture it belongs
+to). Orbax writes each step to a temporary folder and
 renames it when complete, so a killed run never leaves a half-written checkpoint behind.
 """
 import os
+import re
 from typing import Any
 
+import flax.traverse_util
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 _policies = ocp.checkpoint_managers
@@ -61,22 +65,112 @@ class Checkpointer:
     self._manager.close()
 
 
-def load_variables(directory: str, step: int | None = None) -> dict:
-  """`{"params": ..., "batch_stats": ..., ...}` of a checkpoint, for `model.apply`.
-
-  Args:
-    directory: a checkpoint directory (`WORKDIR/checkpoints`) or a workdir holding one.
-    step: which step (default: the latest).
-  """
+def _checkpoint_dir(directory: str) -> str:
+  """A checkpoint directory, given it or a workdir holding one in `checkpoints/`."""
   if os.path.isdir(os.path.join(directory, "checkpoints")):
     directory = os.path.join(directory, "checkpoints")
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoint directory at {directory!r}")
-  with ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "model"),
+    raise FileNotFoundError(f"no checkpoint directory at {directory!r}: give a workdir, its "
+                            "checkpoints/ folder, or the output of `python -m gcp.convert`")
+  return os.path.abspath(directory)
+
+
+def _read(directory: str, step: int | None, item: str, args) -> Any:
+  directory = _checkpoint_dir(directory)
+  with ocp.CheckpointManager(directory, item_names=("state", "model"),
                              options=ocp.CheckpointManagerOptions(read_only=True)) as m:
     step = m.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{directory!r} holds no checkpoint")
-    state = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  state = state["state"]
+    return m.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+
+
+def load_variables(directory: str, step: int | None = None) -> dict:
+  """`{"params": ..., "batch_stats": ..., ...}` of a checkpoint, for `model.apply`, as
+  numpy arrays.
+
+  Args:
+    directory: a checkpoint directory (`WORKDIR/checkpoints`, or one written by
+      `python -m gcp.convert`) or a workdir holding one.
+    step: which step (default: the latest).
+  """
+  state = _read(directory, step, "state", ocp.args.StandardRestore())
   return {"params": state["params"], **state["model_state"]}
+
+
+def load_model_spec(directory: str, step: int | None = None) -> dict:
+  """The `create_model` arguments saved with a checkpoint: `create_model(**spec)` builds the
+  network its variables belong to."""
+  return _read(directory, step, "model", ocp.args.JsonRestore())
+
+
+def save_variables(directory: str, variables: dict, model_spec: dict) -> None:
+  """Writes model variables (no optimizer state) as step 0 of a checkpoint directory, in the
+  layout `load_variables`, `load_model_spec` and `config.init_from` read."""
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  checkpointer = Checkpointer(directory, keep=1, async_save=False)
+  checkpointer.save(0, {"step": 0, "params": params, "model_state": model_state}, model_spec)
+  checkpointer.close()
+
+
+def describe_mismatch(missing, unexpected, misshaped, limit: int = 8) -> str:
+  """A readable report of how two sets of named tensors differ.
+
+  Args:
+    missing: names the target needs that the source lacks.
+    unexpected: names the source has that the target does not use.
+    misshaped: `(name, expected shape, found shape)` triples.
+  """
+  def block(title, items):
+    if not items:
+      return []
+    more = [f"    ... and {len(items) - limit} more"] if len(items) > limit else []
+    return [f"  {title} ({len(items)}):", *(f"    {i}" for i in items[:limit]), *more]
+  shapes = [f"{n}: expected {tuple(e)}, found {tuple(f)}" for n, e, f in misshaped]
+  return "\n".join(block("missing", list(missing)) + block("unexpected", list(unexpected)) +
+                   block("wrong shape", shapes))
+
+
+def _path_name(path) -> str:
+  return "/".join(str(p) for p in path)
+
+
+def merge_pretrained(target: dict, loaded: dict, dont_load: str = "") -> tuple[dict, list[str]]:
+  """Initialises `target` variables from `loaded` ones (fine-tuning), name by name.
+
+  Args:
+    target: freshly initialised variables `{"params": ..., "batch_stats": ...}`.
+    loaded: variables of a checkpoint (`load_variables`).
+    dont_load: regular expression; variables whose path (`params/fc/kernel`) it matches
+      keep their fresh values (e.g. "^params/fc/|^batch_stats/fc/" for a new classifier).
+
+  Returns:
+    (merged variables, the paths that kept their fresh values).
+
+  Raises:
+    ValueError with a report if any other variable is missing from `loaded`, has another
+    shape there, or if `loaded` holds variables the model does not use: nothing is loaded
+    partially without being asked.
+  """
+  pattern = re.compile(dont_load) if dont_load else None
+  skip = lambda name: bool(pattern and pattern.search(name))
+  flat_target = {_path_name(p): (p, v) for p, v in
+                 flax.traverse_util.flatten_dict(dict(target)).items()}
+  flat_loaded = {_path_name(p): v for p, v in
+                 flax.traverse_util.flatten_dict(dict(loaded)).items()}
+  missing = [n for n in flat_target if not skip(n) and n not in flat_loaded]
+  unexpected = [n for n in flat_loaded if not skip(n) and n not in flat_target]
+  misshaped = [(n, v.shape, flat_loaded[n].shape) for n, (_, v) in flat_target.items()
+               if not skip(n) and n in flat_loaded and v.shape != flat_loaded[n].shape]
+  if missing or unexpected or misshaped:
+    raise ValueError(
+        "the checkpoint does not match the model:\n" +
+        describe_mismatch(missing, unexpected, misshaped) +
+        "\nTo keep some variables freshly initialised (e.g. a classifier for new classes), "
+        "set config.init_dont_load to a regular expression matching their paths, e.g. "
+        "'^(params|batch_stats)/fc/'.")
+  kept = [n for n in flat_target if skip(n)]
+  merged = {p: (v if skip(n) else np.asarray(flat_loaded[n]).astype(v.dtype))
+            for n, (p, v) in flat_target.items()}
+  return flax.traverse_util.unflatten_dict(merged), kept

@@ -1,0 +1,207 @@
+"""Our variable trees in PyTorch names and layouts: the one name map every format uses.
+
+The PyTorch names are torchvision's for the backbones (`layer2.0.downsample.0.weight`,
+`features.7.weight`, `features.3.conv.1.0.weight`), plus the releases' GCP head names:
+`layer_reduce` / `layer_reduce_bn` for the reduction block (fast-MPN-COV's mpncovresnet,
+GCP_Optimization, the MindSpore releases), `eca_layer.conv.weight` for DropCov's ECA conv,
+and the classifier (`fc` for ResNets, `classifier.*` for VGG and MobileNetV2).
+Layouts: conv OIHW (ours HWIO), dense `[out, in]` (ours `[in, out]`), BatchNorm
+weight / bias / running_mean / running_var (ours scale / bias / mean / var).
+"""
+import re
+from typing import Any, NamedTuple
+
+import flax.traverse_util
+import numpy as np
+
+from gcp.checkpoint import describe_mismatch
+from gcp.models.resnet import STAGE_SIZES, Bottleneck
+
+
+class ConversionError(ValueError):
+  """A checkpoint does not map one-to-one onto the chosen architecture, or is unreadable."""
+
+
+class Entry(NamedTuple):
+  """One tensor: its PyTorch name and where it lives in our variables."""
+  torch_name: str
+  path: tuple[str, ...]  # (collection, module..., leaf)
+
+
+_LEAF = {("params", "kernel"): "weight", ("params", "bias"): "bias",
+         ("params", "scale"): "weight", ("batch_stats", "mean"): "running_mean",
+         ("batch_stats", "var"): "running_var"}
+_HEAD_MODULES = {"head/reduce/conv": "layer_reduce", "head/reduce/bn": "layer_reduce_bn"}
+ECA = "eca_layer.conv.weight"
+
+
+def _resnet_module(module: str, _modules) -> str:
+  module = re.sub(r"^(layer\d+)_(\d+)/", r"\1.\2.", module)
+  return module.replace("downsample_conv", "downsample.0").replace("downsample_bn",
+                                                                   "downsample.1")
+
+
+def _vgg_module(module: str, modules) -> str:
+  # torchvision's features Sequential holds conv, BN, ReLU for every conv and one slot for
+  # every max-pool; ours keeps the config index i, so conv i sits at i + 2 * (convs before).
+  convs = sorted({int(m.split("_")[1]) for m in modules if re.fullmatch(r"features_\d+", m)})
+  match = re.fullmatch(r"features_(\d+)(_bn)?", module)
+  if match:
+    i = int(match.group(1))
+    return f"features.{i + 2 * convs.index(i) + (1 if match.group(2) else 0)}"
+  return re.sub(r"^classifier_(\d+)$", r"classifier.\1", module)
+
+
+def _mobilenet_module(module: str, modules) -> str:
+  match = re.fullmatch(r"features_(\d+)_(conv|bn)", module)  # stem and last 1x1 conv
+  if match:
+    return f"features.{match.group(1)}.{0 if match.group(2) == 'conv' else 1}"
+  match = re.fullmatch(r"features_(\d+)/(expand|depthwise|project)_(conv|bn)", module)
+  if match:
+    block, part, kind = match.groups()
+    expands = f"features_{block}/expand_conv" in modules
+    if part == "project":
+      return f"features.{block}.conv.{int(expands) + 1 + (kind == 'bn')}"
+    slot = 0 if part == "expand" else int(expands)
+    return f"features.{block}.conv.{slot}.{0 if kind == 'conv' else 1}"
+  return "classifier.1" if module == "classifier" else module
+
+
+def _backbone_module_namer(modules):
+  if "layer1_0/conv1" in modules:
+    return _resnet_module
+  if "features_0_conv" in modules:
+    return _mobilenet_module
+  if "features_0" in modules:
+    return _vgg_module
+  raise ConversionError("no PyTorch name map for this model: the converters know ResNets, "
+                        "VGG-16-BN and MobileNetV2")
+
+
+def entries(variables) -> list[Entry]:
+  """Every tensor of `variables` (`{"params": ..., "batch_stats": ...}`) with its PyTorch
+  name, in our tree order."""
+  flat = flax.traverse_util.flatten_dict(dict(variables))
+  unsupported = sorted({p[0] for p in flat} - {"params", "batch_stats"})
+  if unsupported:
+    raise ConversionError(f"collections {unsupported} have no PyTorch counterpart (the "
+                          "cbp head's sketch constants); convert a model without them")
+  modules = {"/".join(p[1:-1]) for p in flat}
+  namer = _backbone_module_namer(modules)
+  out = []
+  for path in flat:
+    collection, *module, leaf = path
+    module = "/".join(module)
+    if path == ("params", "head", "eca"):
+      out.append(Entry(ECA, path))
+      continue
+    name = _HEAD_MODULES.get(module) or namer(module, modules)
+    out.append(Entry(f"{name}.{_LEAF[collection, leaf]}", path))
+  return out
+
+
+def _to_torch_layout(x: np.ndarray, torch_name: str) -> np.ndarray:
+  if torch_name == ECA:
+    return x.reshape(1, 1, -1)
+  if x.ndim == 4:
+    return x.transpose(3, 2, 0, 1)
+  return x.T if x.ndim == 2 else x
+
+
+def _from_torch_layout(x: np.ndarray, torch_name: str) -> np.ndarray:
+  if torch_name == ECA:
+    return x.reshape(-1)
+  if x.ndim == 4:
+    return x.transpose(2, 3, 1, 0)
+  return x.T if x.ndim == 2 else x
+
+
+def _torch_shape(shape: tuple[int, ...], torch_name: str) -> tuple[int, ...]:
+  return _to_torch_layout(np.empty(shape, np.bool_), torch_name).shape
+
+
+def to_torch(variables) -> dict[str, np.ndarray]:
+  """Our variables -> `{torch name: array in PyTorch layout}` (numpy, same dtype)."""
+  flat = flax.traverse_util.flatten_dict(dict(variables))
+  return {e.torch_name: np.ascontiguousarray(_to_torch_layout(np.asarray(flat[e.path]),
+                                                              e.torch_name))
+          for e in entries(variables)}
+
+
+def from_torch(tensors: dict[str, np.ndarray], target, *, source: str = "checkpoint") -> dict:
+  """`{torch name: array}` -> variables shaped like `target` (arrays or ShapeDtypeStructs).
+
+  Every name must map one-to-one: missing, unexpected or mis-shaped tensors raise
+  `ConversionError` with a report (never a partial load). Arrays keep their values and are
+  cast to the target's dtype.
+  """
+  flat_target = flax.traverse_util.flatten_dict(dict(target))
+  expected = {e.torch_name: e for e in entries(target)}
+  missing = [n for n in expected if n not in tensors]
+  unexpected = [n for n in tensors if n not in expected]
+  misshaped = [(n, _torch_shape(flat_target[e.path].shape, n), tuple(tensors[n].shape))
+               for n, e in expected.items()
+               if n in tensors and _torch_shape(flat_target[e.path].shape, n)
+               != tuple(tensors[n].shape)]
+  if missing or unexpected or misshaped:
+    raise ConversionError(f"{source} does not match the architecture:\n" +
+                          describe_mismatch(missing, unexpected, misshaped))
+  flat = {e.path: _from_torch_layout(np.asarray(tensors[n]), n).astype(
+      flat_target[e.path].dtype) for n, e in expected.items()}
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def _stage_sizes(tensors) -> tuple[int, ...]:
+  sizes = []
+  for stage in range(1, 5):
+    blocks = {int(m.group(1)) for n in tensors
+              for m in [re.match(rf"layer{stage}\.(\d+)\.", n)] if m}
+    sizes.append(max(blocks) + 1 if blocks else 0)
+  return tuple(sizes)
+
+
+def infer_model_spec(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+  """`create_model` arguments read off PyTorch-named tensors: arch, head, num_classes,
+  reduction_dim and the width options. The head is a guess where weights cannot tell:
+  'dropcov' with an ECA conv, 'isqrt' for any other second-order classifier (cov, eig and
+  isqrt heads have the same parameters), else 'gap'."""
+  spec: dict[str, Any] = {}
+  if "layer1.0.conv1.weight" in tensors:
+    block = "bottleneck" if "layer1.0.conv3.weight" in tensors else "basic"
+    stages = _stage_sizes(tensors)
+    arch = [a for a, (s, b) in STAGE_SIZES.items()
+            if s == stages and (b is Bottleneck) == (block == "bottleneck")]
+    if not arch:
+      raise ConversionError(f"a ResNet with {block} blocks {stages} per stage is not one of "
+                            f"{', '.join(STAGE_SIZES)}")
+    stem = tensors["conv1.weight"].shape
+    spec.update(arch=arch[0], width=int(stem[0]), small_input=stem[-1] == 3)
+    classifier = "fc.weight"
+    channels = stem[0] * 8 * (4 if block == "bottleneck" else 1)
+  elif "features.0.0.weight" in tensors:
+    spec.update(arch="mobilenet_v2", width_mult=tensors["features.0.0.weight"].shape[0] / 32)
+    classifier = "classifier.1.weight"
+    last = max(int(m.group(1)) for n in tensors for m in [re.match(r"features\.(\d+)\.0\.", n)]
+               if m)
+    channels = tensors[f"features.{last}.0.weight"].shape[0]
+  elif "features.0.weight" in tensors:
+    spec.update(arch="vgg16_bn", width=int(tensors["features.0.weight"].shape[0]))
+    classifier = "classifier.6.weight"
+    channels = tensors["features.0.weight"].shape[0] * 8
+  else:
+    raise ConversionError("cannot tell the architecture: no ResNet (layer1.0.conv1.weight), "
+                          "VGG (features.0.weight) or MobileNetV2 (features.0.0.weight) "
+                          "tensors; pass the architecture explicitly")
+  reduce = tensors.get("layer_reduce.weight")
+  spec["reduction_dim"] = int(reduce.shape[0]) if reduce is not None else None
+  dim = spec["reduction_dim"] or channels
+  features_in = (tensors["classifier.0.weight"] if spec["arch"] == "vgg16_bn"
+                 else tensors[classifier]).shape[1]
+  if ECA in tensors:
+    spec["head"] = "dropcov"
+  elif reduce is not None or features_in == dim * (dim + 1) // 2:
+    spec["head"] = "isqrt"
+  else:
+    spec["head"] = "gap"
+  spec["num_classes"] = int(tensors[classifier].shape[0])
+  return spec

@@ -1,0 +1,86 @@
+"""The PyTorch name map for every backbone: torchvision's names and shapes, written out
+here from torchvision's module structure, and an exact round trip through a .pth file."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gcp.convert
+from gcp import checkpoint
+from gcp.convert.torch_layout import entries, infer_model_spec, to_torch
+from gcp.models import create_model
+
+pytest.importorskip("torch", reason="writing .pth files needs torch (test extra)")
+
+
+def _bn(prefix):
+  return [f"{prefix}.{leaf}" for leaf in ("weight", "bias", "running_mean", "running_var")]
+
+
+def vgg16_bn_names():
+  """torchvision vgg16_bn with its last max-pool dropped (a GCP head follows) and the
+  mpncov reduction block."""
+  names = []
+  for index in (0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40):  # conv, BN, ReLU (+ pool)
+    names += [f"features.{index}.weight", f"features.{index}.bias", *_bn(f"features.{index + 1}")]
+  names += ["layer_reduce.weight", *_bn("layer_reduce_bn")]
+  return names + [f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")]
+
+
+def mobilenet_v2_names():
+  """torchvision mobilenet_v2: ConvBNReLU = (conv, BN); block 1 has no expansion conv."""
+  names = ["features.0.0.weight", *_bn("features.0.1")]
+  for block in range(1, 18):
+    slots = ["conv.0.0.weight", *_bn("conv.0.1")]
+    if block > 1:  # expand ConvBNReLU, depthwise ConvBNReLU, project conv, BN
+      slots += ["conv.1.0.weight", *_bn("conv.1.1"), "conv.2.weight", *_bn("conv.3")]
+    else:  # depthwise ConvBNReLU, project conv, BN
+      slots += ["conv.1.weight", *_bn("conv.2")]
+    names += [f"features.{block}.{s}" for s in slots]
+  return names + ["features.18.0.weight", *_bn("features.18.1"), "classifier.1.weight",
+                  "classifier.1.bias"]
+
+
+CASES = {
+    "vgg16_bn": (dict(arch="vgg16_bn", head="isqrt", reduction_dim=8, width=8), vgg16_bn_names),
+    "mobilenet_v2": (dict(arch="mobilenet_v2", head="gap", width_mult=0.25),
+                     mobilenet_v2_names),
+}
+
+
+@pytest.mark.parametrize("arch", CASES)
+def test_names_are_torchvisions_and_round_trip_is_exact(arch, tmp_path):
+  options, expected_names = CASES[arch]
+  model = create_model(num_classes=7, **options)
+  variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))()
+  tensors = to_torch(variables)
+  assert sorted(tensors) == sorted(expected_names())
+  # torchvision layouts: OIHW convs (depthwise: [C, 1, 3, 3]), [out, in] dense.
+  if arch == "mobilenet_v2":
+    assert tensors["features.0.0.weight"].shape == (8, 3, 3, 3)
+    assert tensors["features.2.conv.1.0.weight"].shape[1:] == (1, 3, 3)
+    assert tensors["classifier.1.weight"].shape == (7, 1280)
+  else:
+    assert tensors["features.0.weight"].shape == (8, 3, 3, 3)
+    assert tensors["classifier.0.weight"].shape == (4096, 36)
+
+  spec = {**options, "num_classes": 7}
+  checkpoint.save_variables(str(tmp_path / "ckpt"), variables, spec)
+  gcp.convert.export_pytorch(str(tmp_path / "ckpt"), str(tmp_path / "m.pth"))
+  converted_spec, back = gcp.convert.convert(str(tmp_path / "m.pth"))
+  assert {k: converted_spec[k] for k in spec} == spec
+  assert jax.tree.structure(back) == jax.tree.structure(jax.device_get(variables))
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_every_head_parameter_has_a_name():
+  model = create_model("resnet18", head="dropcov", num_classes=3, reduction_dim=8, width=8)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  names = [e.torch_name for e in entries(shapes)]
+  assert len(names) == len(set(names)) == len(jax.tree.leaves(shapes))
+  assert {"eca_layer.conv.weight", "layer_reduce.weight", "layer_reduce_bn.running_var",
+          "layer2.0.downsample.0.weight", "layer2.0.downsample.1.weight"} <= set(names)
+  spec = infer_model_spec(to_torch(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)))
+  assert spec == dict(arch="resnet18", width=8, small_input=False, reduction_dim=8,
+                      head="dropcov", num_classes=3)
