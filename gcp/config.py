@@ -59,8 +59,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.decay_factor = 0.1
   c.optim.warmup_epochs = 0.0
 
+  # Fine-tuning: initialise from a checkpoint (a workdir, its checkpoints/ folder, or the
+  # output of `python -m gcp.convert`); variables whose path ("params/fc/kernel") matches
+  # the regular expression init_dont_load keep their fresh initialisation.
+  c.init_from = ""
+  c.init_dont_load = ""
+
   c.batch_size = 256                # global, over all devices and hosts
   c.eval_batch_size = 256
+  c.eval_flip = False               # evaluation: average the logits of image and mirror
   c.num_epochs = 100
   c.log_every_steps = 100
   c.checkpoint_every_steps = _optional(int)  # None: at the end of every epoch only

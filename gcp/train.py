@@ -4,8 +4,10 @@ Data parallelism is `jax.jit` over a 1-D `data` mesh of every device: the batch 
 along it and the state replicated, so BatchNorm statistics and gradients are taken over
 the global batch exactly as on one device.
 """
+import json
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -141,12 +143,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(model: nn.Module):
+def make_eval_step(model: nn.Module, flip: bool = False):
   """Jitted `(state, batch) -> sums` of loss, top-1 and top-5 hits and count over the
-  unmasked examples (padding carries mask False)."""
+  unmasked examples (padding carries mask False). `flip`: logits averaged over the image
+  and its horizontal mirror (fast-MPN-COV's fine-grained test)."""
   def eval_step(state: TrainState, batch):
-    logits = model.apply({"params": state.params, **state.model_state}, batch["image"],
-                         train=False)
+    def logits_of(images):
+      return model.apply({"params": state.params, **state.model_state}, images, train=False)
+    logits = logits_of(batch["image"])
+    if flip:
+      logits = 0.5 * (logits + logits_of(batch["image"][:, :, ::-1]))
     mask = batch["mask"]
     k5 = min(5, logits.shape[-1])
     return {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -212,6 +218,73 @@ def _check_same_architecture(saved: dict, spec: dict, workdir: str) -> None:
         "to resume it. Nothing was written.")
 
 
+def initialise_from(state: TrainState, source: str, dont_load: str = "") -> TrainState:
+  """`state` with its variables taken from the checkpoint at `source` (fine-tuning), except
+  those whose path matches `dont_load`; the optimizer state stays fresh. Stops with a
+  report if the checkpoint does not fit the model (`checkpoint.merge_pretrained`)."""
+  fresh = {"params": state.params, **state.model_state}
+  merged, kept = checkpoint.merge_pretrained(fresh, checkpoint.load_variables(source),
+                                             dont_load)
+  merged = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), merged, fresh)
+  loaded = len(jax.tree.leaves(fresh)) - len(kept)
+  reporting.info(f"Initialised {loaded} variables from {source}" +
+                 (f"; kept fresh: {', '.join(kept)}" if kept else ""))
+  params = merged.pop("params")
+  return state.replace(params=params, model_state=merged)
+
+
+def _eval_kwargs(config: ml_collections.ConfigDict) -> dict:
+  dc = config.data
+  return dict(split=dc.eval_split, pp=dc.eval_pp, image_key=dc.image_key,
+              label_key=dc.label_key, per_host_batch=config.eval_batch_size //
+              jax.process_count(), prefetch=dc.prefetch)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Scores a checkpoint on `config.data.eval_split`: every image, top-1 and top-5.
+
+  The checkpoint is `config.init_from` if set (e.g. a converted release model), else the
+  latest in `workdir`; the network is the one saved with it. The result (with the
+  checkpoint and split) is returned and written to `workdir/eval_<split>.json`.
+  """
+  config_lib.validate(config)
+  source = config.init_from or workdir
+  spec = checkpoint.load_model_spec(source)
+  variables = checkpoint.load_variables(source)
+  dc = config.data
+  builder = data.load_builder(dc.name, dc.data_dir)
+  found = data.num_classes(builder, dc.label_key)
+  if spec["num_classes"] != found:
+    raise ValueError(f"the checkpoint at {source} classifies {spec['num_classes']} classes "
+                     f"but {dc.name!r} has {found}")
+  _check_divisible("eval_batch_size", config.eval_batch_size)
+  mesh = make_mesh()
+  variables = jax.device_put(variables, NamedSharding(mesh, P()))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables.pop("params"),
+                     model_state=variables, opt_state=None)
+  eval_step = make_eval_step(create_model(**spec), config.eval_flip)
+  batches = data.eval_batches(builder, **_eval_kwargs(config))
+  total = data.num_eval_batches(builder, dc.eval_split, config.eval_batch_size //
+                                jax.process_count())
+  bar = reporting.progress_bar(total, 0, desc=f"eval {spec['arch']}+{spec['head']}")
+  results = evaluate(eval_step, state, _counted(batches, bar), mesh)
+  bar.close()
+  results = {"checkpoint": os.path.abspath(source), "split": dc.eval_split,
+             "flip": config.eval_flip, **results}
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    name = re.sub(r"[^\w.-]+", "_", dc.eval_split).strip("_")
+    with open(os.path.join(workdir, f"eval_{name}.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+def _counted(iterable, bar):
+  for item in iterable:
+    yield item
+    bar.update()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config`'s model, evaluating every epoch; resumes from `workdir` if it holds a
   checkpoint. Returns the final metrics (eval_top1, eval_top5, eval_loss, train_loss, ...).
@@ -225,7 +298,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_divisible("batch_size", config.batch_size)
   _check_divisible("eval_batch_size", config.eval_batch_size)
   per_host_batch = config.batch_size // jax.process_count()
-  per_host_eval = config.eval_batch_size // jax.process_count()
   steps_per_epoch = data.steps_per_epoch(builder, dc.train_split, per_host_batch)
   if steps_per_epoch == 0:
     raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
@@ -245,13 +317,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_kw = dict(split=dc.train_split, pp=dc.train_pp, image_key=dc.image_key,
                   label_key=dc.label_key, per_host_batch=per_host_batch, seed=config.seed,
                   shuffle_buffer=dc.shuffle_buffer, prefetch=dc.prefetch)
-  eval_kw = dict(split=dc.eval_split, pp=dc.eval_pp, image_key=dc.image_key,
-                 label_key=dc.label_key, per_host_batch=per_host_eval, prefetch=dc.prefetch)
+  eval_kw = _eval_kwargs(config)
   image_shape = data.image_shape(builder, dc.train_split, dc.train_pp, dc.image_key)
   state = init_state(model, tx, image_shape, config.seed, mesh)
   if start_step:
     state = ckpt.restore(state)
     reporting.info(f"Resumed from step {start_step} in {workdir}")
+  elif config.init_from:
+    state = initialise_from(state, config.init_from, config.init_dont_load)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -262,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  f"{jax.device_count()} device(s)")
 
   train_step = make_train_step(model, tx, config.optim.label_smoothing, config.seed)
-  eval_step = make_eval_step(model)
+  eval_step = make_eval_step(model, config.eval_flip)
   log = reporting.MetricLog(workdir, resume_step=start_step)
   bar = reporting.progress_bar(total_steps, start_step, desc=f"{spec['arch']}+{spec['head']}")
   final = {}

@@ -23,6 +23,13 @@ def test_default_experiment_reaches_97_percent(data_dir, tmp_path):
   assert metrics["eval_top1"] >= 0.97, metrics
   assert (tmp_path / "curves.png").exists()
 
+  # --mode=eval scores the same (final) checkpoint again and writes the result.
+  result = run_main("--mode=eval", f"--workdir={tmp_path}", f"--config.data.data_dir={data_dir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  scored = json.loads(result.stdout[result.stdout.index("{"):])
+  assert scored["eval_top1"] == metrics["eval_top1"] and scored["eval_examples"] == 1000
+  assert json.load(open(tmp_path / "eval_test.json")) == scored
+
 
 def test_mistyped_override_names_the_key():
   result = run_main("--config.model.hed=gap", timeout=120)

