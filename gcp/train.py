@@ -8,6 +8,8 @@ import json
 import math
 import os
 import re
+import signal
+import threading
 import time
 from typing import Any
 
@@ -40,14 +42,25 @@ class TrainState(flax.struct.PyTreeNode):
 
 # --------------------------------------------------------------------------- optimizer
 
+def base_learning_rate(optim: ml_collections.ConfigDict, batch_size: int) -> float:
+  """`optim.learning_rate`, scaled linearly to `batch_size` when the recipe names the batch
+  it was tuned for (`optim.lr_reference_batch`; Goyal et al. 2017's linear scaling rule)."""
+  if optim.lr_reference_batch:
+    return optim.learning_rate * batch_size / optim.lr_reference_batch
+  return optim.learning_rate
+
+
 def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int,
-                           num_epochs: int) -> optax.Schedule:
+                           num_epochs: int, batch_size: int | None = None) -> optax.Schedule:
   """Per-step learning rate from a schedule written in epochs (SPEC §3).
 
   `step`: multiply by `decay_factor` at each of `decay_epochs`; `cosine`: to 0 at the end;
-  `constant`. `warmup_epochs` of linear warmup from 0 precede any of them.
+  `constant`; `poly`: lr * (1 - e / poly_epochs) ** poly_power in epoch e = 0, 1, ...
+  (GCP_Optimization's LRfast: 52, 11; LRadju: 49, 2). `warmup_epochs` of linear warmup
+  from 0 precede any of them. With `batch_size`, the rate follows `base_learning_rate`.
   """
-  lr = optim.learning_rate
+  lr = (optim.learning_rate if batch_size is None
+        else base_learning_rate(optim, batch_size))
   warmup = int(round(optim.warmup_epochs * steps_per_epoch))
   total = num_epochs * steps_per_epoch
   if optim.schedule == "step":
@@ -58,9 +71,13 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
     main = optax.cosine_decay_schedule(lr, decay_steps=max(total - warmup, 1))
   elif optim.schedule == "constant":
     main = optax.constant_schedule(lr)
+  elif optim.schedule == "poly":
+    def main(step):
+      epoch = (step + warmup) // steps_per_epoch
+      return lr * jnp.maximum(1.0 - epoch / optim.poly_epochs, 0.0) ** optim.poly_power
   else:
     raise ValueError(f"unknown config.optim.schedule {optim.schedule!r}; "
-                     "valid: step, cosine, constant")
+                     "valid: step, cosine, constant, poly")
   if not warmup:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
@@ -71,12 +88,23 @@ def weight_decay_mask(params) -> Any:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def classifier_mask(params) -> Any:
+  """True for the classifier's parameters: the top-level `fc` (ResNets) or `classifier*`
+  (VGG's three FC layers, MobileNetV2's one)."""
+  return {name: jax.tree.map(lambda _: name == "fc" or name.startswith("classifier"), sub)
+          for name, sub in params.items()}
+
+
 def create_optimizer(optim: ml_collections.ConfigDict,
                      schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with momentum and coupled (PyTorch-style) weight decay on kernels only."""
-  return optax.chain(
-      optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),
-      optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov))
+  """SGD with momentum and coupled (PyTorch-style) weight decay on kernels only; the
+  classifier's step is `optim.classifier_lr_mult` times larger (fast-MPN-COV fine-tunes
+  with x5)."""
+  parts = [optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),
+           optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov)]
+  if optim.classifier_lr_mult != 1.0:
+    parts.append(optax.masked(optax.scale(optim.classifier_lr_mult), classifier_mask))
+  return optax.chain(*parts)
 
 
 # --------------------------------------------------------------------------- steps
@@ -113,33 +141,66 @@ def _correct(logits, labels, k):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    label_smoothing: float, seed: int = 0):
+                    label_smoothing: float, seed: int = 0, accum_steps: int = 1):
   """Jitted `(state, batch) -> (state, metrics)`; donates the input state.
 
-  Metrics: `loss`, `top1`, and every scalar the model sows into `intermediates` (e.g.
-  DropCov's `drop_rate`). The `dropout` rng of step s is fold_in(key(seed), s), so a
-  resumed run draws the same masks.
+  Metrics: `loss`, `top1`, `finite` (False if the loss or a gradient was NaN or inf: the
+  update is then not applied and the state returned unchanged), and every scalar the model
+  sows into `intermediates` (e.g. DropCov's `drop_rate`). The `dropout` rng of step s is
+  fold_in(key(seed), s), so a resumed run draws the same masks.
+
+  `accum_steps` > 1 splits the batch into that many micro-batches (examples j, j + k, ...),
+  run one after another, and applies their mean gradient once: the update of the whole
+  batch at a fraction of the activation memory. BatchNorm normalises and updates its
+  statistics per micro-batch, as PyTorch does with accumulation.
   """
   base_key = jax.random.key(seed)
 
-  def train_step(state: TrainState, batch):
+  def grads_and_metrics(params, model_state, batch, key):
     def loss_fn(params):
       logits, updates = model.apply(
-          {"params": params, **state.model_state}, batch["image"], train=True,
-          mutable=["batch_stats", "intermediates"],
-          rngs={"dropout": jax.random.fold_in(base_key, state.step)})
+          {"params": params, **model_state}, batch["image"], train=True,
+          mutable=["batch_stats", "intermediates"], rngs={"dropout": key})
       return cross_entropy(logits, batch["label"], label_smoothing).mean(), (logits, updates)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     sown = updates.pop("intermediates", {})
-    opt_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1,
-                          params=optax.apply_updates(state.params, opt_updates),
-                          model_state={**state.model_state, **updates}, opt_state=opt_state)
     metrics = {"loss": loss, "top1": _correct(logits, batch["label"], 1).mean()}
     for path, values in flax.traverse_util.flatten_dict(sown).items():
       metrics[path[-1]] = jnp.mean(jnp.stack(values))
-    return state, metrics
+    return grads, {**model_state, **updates}, metrics
+
+  def train_step(state: TrainState, batch):
+    key = jax.random.fold_in(base_key, state.step)
+    if accum_steps == 1:
+      grads, model_state, metrics = grads_and_metrics(state.params, state.model_state,
+                                                      batch, key)
+    else:
+      micro = jax.tree.map(
+          lambda x: jnp.moveaxis(x.reshape(x.shape[0] // accum_steps, accum_steps,
+                                           *x.shape[1:]), 1, 0), batch)
+
+      def accumulate(carry, inputs):
+        grad_sum, model_state = carry
+        index, micro_batch = inputs
+        grads, model_state, metrics = grads_and_metrics(
+            state.params, model_state, micro_batch, jax.random.fold_in(key, index))
+        return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grad_sum, model_state), metrics = jax.lax.scan(
+          accumulate, (zeros, state.model_state), (jnp.arange(accum_steps), micro))
+      grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
+      metrics = jax.tree.map(jnp.mean, metrics)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    opt_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1,
+                        params=optax.apply_updates(state.params, opt_updates),
+                        model_state=model_state, opt_state=opt_state)
+    # A non-finite step leaves parameters, statistics and optimizer state untouched.
+    guarded = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    return guarded.replace(step=state.step + 1), {**metrics, "finite": finite}
   return jax.jit(train_step, donate_argnums=0)
 
 
@@ -182,12 +243,14 @@ def evaluate(eval_step, state: TrainState, batches, mesh) -> dict:
 
 # --------------------------------------------------------------------------- the run
 
-def _check_divisible(name: str, batch_size: int) -> None:
+def _check_divisible(name: str, batch_size: int, accum_steps: int = 1) -> None:
   devices, hosts = jax.device_count(), jax.process_count()
-  if batch_size % devices or batch_size % hosts:
+  multiple = math.lcm(devices, hosts) * accum_steps
+  if batch_size % multiple:
+    micro = f" in {accum_steps} micro-batches" if accum_steps > 1 else ""
     raise ValueError(
-        f"config.{name}={batch_size} is not divisible by the {devices} devices on "
-        f"{hosts} host(s); use a multiple of {math.lcm(devices, hosts)}")
+        f"config.{name}={batch_size} is not divisible{micro} by the {devices} devices on "
+        f"{hosts} host(s); use a multiple of {multiple}")
 
 
 def _model_spec(config: ml_collections.ConfigDict, builder) -> dict:
@@ -285,6 +348,73 @@ def _counted(iterable, bar):
     bar.update()
 
 
+class Interrupted(KeyboardInterrupt):
+  """Training stopped by SIGINT (Ctrl-C) or SIGTERM (preemption) after saving a checkpoint."""
+
+  def __init__(self, signum: int, step: int, workdir: str):
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved a "
+                     f"checkpoint in {workdir}: run the same command again to resume")
+    self.signum, self.step = signum, step
+
+
+class _StopSignals:
+  """Turns SIGINT and SIGTERM into a request that the loop honours between steps, so that
+  it can save a checkpoint first. On several hosts the request is agreed at log steps (a
+  checkpoint save needs every host)."""
+
+  def __enter__(self):
+    self.signum, self._previous = None, {}
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._previous[sig] = signal.signal(sig, self._record)
+    return self
+
+  def _record(self, signum, frame):
+    del frame
+    self.signum = signum
+
+  def requested(self, at_log_step: bool) -> bool:
+    if jax.process_count() == 1:
+      return self.signum is not None
+    if not at_log_step:
+      return False
+    from jax.experimental import multihost_utils
+    signums = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    self.signum = int(signums.max()) or None
+    return self.signum is not None
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class _FiniteGuard:
+  """Collects each step's `finite` flag and acts on non-finite steps when checked (at log
+  steps and before checkpoints, so no unchecked step is ever saved): 'stop' raises,
+  'skip' counts (the step itself already left the state unchanged)."""
+
+  def __init__(self, policy: str, ckpt: checkpoint.Checkpointer):
+    self.policy, self.ckpt, self.pending, self.skipped = policy, ckpt, [], 0
+
+  def add(self, step: int, metrics: dict) -> None:
+    self.pending.append((step, metrics["finite"]))
+
+  def check(self) -> None:
+    flags = jax.device_get([f for _, f in self.pending])
+    bad = [step for (step, _), ok in zip(self.pending, flags) if not ok]
+    self.pending = []
+    if not bad:
+      return
+    if self.policy == "stop":
+      raise FloatingPointError(
+          f"non-finite loss or gradient at step {bad[0]}: training stopped without applying "
+          f"it; the last checkpoint (step {self.ckpt.latest_step()}) is intact. Lower the "
+          "learning rate, or set config.nan_policy='skip' to skip such updates")
+    self.skipped += len(bad)
+    reporting.info(f"skipped {len(bad)} update(s) with a non-finite loss or gradient at "
+                   f"step(s) {bad[:10]} (config.nan_policy='skip')")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config`'s model, evaluating every epoch; resumes from `workdir` if it holds a
   checkpoint. Returns the final metrics (eval_top1, eval_top5, eval_loss, train_loss, ...).
@@ -295,7 +425,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   builder = data.load_builder(dc.name, dc.data_dir)
   spec = _model_spec(config, builder)
   model = create_model(**spec)
-  _check_divisible("batch_size", config.batch_size)
+  if config.nan_policy not in ("stop", "skip"):
+    raise ValueError(f"unknown config.nan_policy {config.nan_policy!r}; valid: stop, skip")
+  _check_divisible("batch_size", config.batch_size, config.optim.grad_accum_steps)
   _check_divisible("eval_batch_size", config.eval_batch_size)
   per_host_batch = config.batch_size // jax.process_count()
   steps_per_epoch = data.steps_per_epoch(builder, dc.train_split, per_host_batch)
@@ -312,7 +444,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _check_same_architecture(ckpt.model_spec(), spec, workdir)
 
   mesh = make_mesh()
-  schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs)
+  schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs,
+                                    config.batch_size)
   tx = create_optimizer(config.optim, schedule)
   train_kw = dict(split=dc.train_split, pp=dc.train_pp, image_key=dc.image_key,
                   label_key=dc.label_key, per_host_batch=per_host_batch, seed=config.seed,
@@ -334,45 +467,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  f"{steps_per_epoch} steps/epoch x {config.num_epochs} epochs on "
                  f"{jax.device_count()} device(s)")
 
-  train_step = make_train_step(model, tx, config.optim.label_smoothing, config.seed)
+  train_step = make_train_step(model, tx, config.optim.label_smoothing, config.seed,
+                               config.optim.grad_accum_steps)
   eval_step = make_eval_step(model, config.eval_flip)
   log = reporting.MetricLog(workdir, resume_step=start_step)
   bar = reporting.progress_bar(total_steps, start_step, desc=f"{spec['arch']}+{spec['head']}")
+  guard = _FiniteGuard(config.nan_policy, ckpt)
   final = {}
   step = start_step
-  for epoch in range(start_step // steps_per_epoch, config.num_epochs):
-    epoch_metrics, tick, tick_step = [], time.time(), step
-    for batch in data.train_batches(builder, epoch=epoch,
-                                    start_step=step - epoch * steps_per_epoch, **train_kw):
-      state, metrics = train_step(state, shard_batch(batch, mesh))
-      epoch_metrics.append(metrics)
-      step += 1
-      bar.update()
-      if step % config.log_every_steps == 0:
-        recent = jax.device_get(epoch_metrics[-config.log_every_steps:])
-        rate = (step - tick_step) * config.batch_size / (time.time() - tick)
-        tick, tick_step = time.time(), step
-        loss = float(np.mean([m["loss"] for m in recent]))
-        bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}")
-        log.write(step, {"loss": loss, "learning_rate": schedule(step - 1),
-                         "images_per_second": rate})
-      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 \
-          and step % steps_per_epoch:
-        ckpt.save(step, state, spec)
-    epoch_metrics = jax.device_get(epoch_metrics)
-    final = {"epoch": epoch + 1,
-             "train_loss": float(np.mean([m["loss"] for m in epoch_metrics])),
-             "train_top1": float(np.mean([m["top1"] for m in epoch_metrics]))}
-    final.update(evaluate(eval_step, state, data.eval_batches(builder, **eval_kw), mesh))
-    reporting.info(f"epoch {epoch + 1}/{config.num_epochs}: train loss "
-                   f"{final['train_loss']:.4f}, eval top-1 {100 * final['eval_top1']:.2f}%, "
-                   f"top-5 {100 * final['eval_top5']:.2f}% ({final['eval_examples']} images)")
-    log.write(step, final)
-    ckpt.save(step, state, spec, metrics=final)
-  bar.close()
-  ckpt.wait()
-  ckpt.close()
-  log.close()
+  try:
+    with _StopSignals() as stop:
+      for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+        epoch_metrics, tick, tick_step = [], time.time(), step
+        for batch in data.train_batches(builder, epoch=epoch,
+                                        start_step=step - epoch * steps_per_epoch,
+                                        **train_kw):
+          state, metrics = train_step(state, shard_batch(batch, mesh))
+          epoch_metrics.append(metrics)
+          step += 1
+          guard.add(step, metrics)
+          bar.update()
+          at_log_step = step % config.log_every_steps == 0
+          if at_log_step:
+            guard.check()
+            recent = [m for m in jax.device_get(epoch_metrics[-config.log_every_steps:])
+                      if m["finite"]]
+            rate = (step - tick_step) * config.batch_size / (time.time() - tick)
+            tick, tick_step = time.time(), step
+            loss = float(np.mean([m["loss"] for m in recent])) if recent else float("nan")
+            bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}")
+            log.write(step, {"loss": loss, "learning_rate": schedule(step - 1),
+                             "images_per_second": rate})
+          if stop.requested(at_log_step):
+            guard.check()
+            if ckpt.latest_step() != step:
+              ckpt.save(step, state, spec)
+            ckpt.wait()
+            raise Interrupted(stop.signum, step, workdir)
+          if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 \
+              and step % steps_per_epoch:
+            guard.check()
+            ckpt.save(step, state, spec)
+        guard.check()
+        epoch_metrics = [m for m in jax.device_get(epoch_metrics) if m["finite"]]
+        final = {"epoch": epoch + 1,
+                 "train_loss": float(np.mean([m["loss"] for m in epoch_metrics])),
+                 "train_top1": float(np.mean([m["top1"] for m in epoch_metrics]))}
+        if guard.skipped:
+          final["skipped_steps"] = guard.skipped
+        final.update(evaluate(eval_step, state, data.eval_batches(builder, **eval_kw), mesh))
+        reporting.info(
+            f"epoch {epoch + 1}/{config.num_epochs}: train loss {final['train_loss']:.4f}, "
+            f"eval top-1 {100 * final['eval_top1']:.2f}%, top-5 "
+            f"{100 * final['eval_top5']:.2f}% ({final['eval_examples']} images)")
+        log.write(step, final)
+        ckpt.save(step, state, spec, metrics=final)
+  finally:
+    bar.close()
+    ckpt.wait()
+    ckpt.close()
+    log.close()
   if jax.process_index() == 0 and os.path.exists(log.path):
     reporting.plot_curves(log.path, os.path.join(workdir, "curves.png"),
                           title=f"{spec['arch']} + {spec['head']} on {dc.name}")

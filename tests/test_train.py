@@ -1,8 +1,14 @@
 """train_and_evaluate end to end, exact resume, multi-device equivalence, bad input."""
 import json
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -272,3 +278,141 @@ def test_every_head_trains_a_step(head):
   if head == "cbp":  # the sketch is a constant, not trained
     jax.tree.map(np.testing.assert_array_equal, before.model_state["constants"],
                  jax.device_get(state.model_state["constants"]))
+
+
+def test_poly_schedule_and_linear_scaling():
+  c = base_config().optim
+  c.schedule, c.poly_epochs, c.poly_power = "poly", 52, 11  # GCP_Optimization's LRfast
+  lr = train.learning_rate_schedule(c, steps_per_epoch=10, num_epochs=30)
+  assert [float(lr(s)) for s in (0, 9, 10, 295)] == pytest.approx(
+      [0.1, 0.1, 0.1 * (1 - 1 / 52) ** 11, 0.1 * (1 - 29 / 52) ** 11], rel=1e-6)
+  c.lr_reference_batch = 256
+  doubled = train.learning_rate_schedule(c, steps_per_epoch=10, num_epochs=30, batch_size=512)
+  assert float(doubled(10)) == pytest.approx(2 * float(lr(10)), rel=1e-6)
+
+
+def test_classifier_learning_rate_multiplier():
+  c = base_config().optim
+  c.weight_decay, c.classifier_lr_mult = 0.0, 5.0
+  tx = train.create_optimizer(c, optax.constant_schedule(0.1))
+  params = {"conv1": {"kernel": jnp.ones((1, 1, 2, 2))}, "fc": {"kernel": jnp.ones((2, 2)),
+                                                                "bias": jnp.ones(2)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["conv1"]["kernel"], -0.1)
+  np.testing.assert_allclose(updates["fc"]["kernel"], -0.5)
+  np.testing.assert_allclose(updates["fc"]["bias"], -0.5)
+
+
+class Linear(nn.Module):
+  """A model without BatchNorm, where micro-batching must not change the update at all."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def linear_batch(seed=0, size=16):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.normal(size=(size, 4, 4, 3)).astype(np.float32),
+          "label": rng.integers(0, 10, size).astype(np.int32)}
+
+
+def test_gradient_accumulation_equals_the_full_batch_update():
+  model, tx = Linear(), optax.sgd(0.5, momentum=0.9)
+  mesh = train.make_mesh()
+  results = []
+  for accum in (1, 2):
+    state = train.init_state(model, tx, (4, 4, 3), seed=0, mesh=mesh)
+    step = train.make_train_step(model, tx, 0.1, accum_steps=accum)
+    for seed in range(2):
+      state, metrics = step(state, train.shard_batch(linear_batch(seed), mesh))
+    results.append((float(metrics["loss"]), jax.device_get(state.params)))
+  (loss1, params1), (loss2, params2) = results
+  assert loss2 == pytest.approx(loss1, rel=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               params2, params1)
+
+
+def test_non_finite_step_is_not_applied():
+  model, tx = Linear(), optax.sgd(0.5)
+  mesh = train.make_mesh()
+  state = train.init_state(model, tx, (4, 4, 3), seed=0, mesh=mesh)
+  before = jax.device_get(state.params)
+  batch = linear_batch()
+  batch["image"][3, 0, 0, 0] = np.nan
+  state, metrics = train.make_train_step(model, tx, 0.0)(state, train.shard_batch(batch, mesh))
+  assert not bool(metrics["finite"]) and int(state.step) == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), before)
+
+
+def test_nan_policy_stop_names_the_step(data_dir, tmp_path):
+  config = tiny_config(data_dir, num_epochs=1, **{"optim.learning_rate": 1e38})
+  with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+: "
+                                               r"training stopped.*nan_policy='skip'"):
+    train.train_and_evaluate(config, str(tmp_path))
+  config.nan_policy = "skip"
+  metrics = train.train_and_evaluate(config, str(tmp_path / "skip"))
+  assert metrics["skipped_steps"] >= 1
+  params = checkpoint.load_variables(str(tmp_path / "skip"))["params"]
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_main(config_file, workdir):
+  """main.py in a subprocess on the same 8 simulated devices, sharing the compile cache."""
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"),
+                           f"--config={config_file}", f"--workdir={workdir}"],
+                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def tiny_config_file(tmp_path, data_dir):
+  """A config file for main.py: the tiny config, checkpointing every 2 steps."""
+  path = tmp_path / "tiny.py"
+  path.write_text(
+      f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+      "from test_train import tiny_config\n\n\ndef get_config():\n"
+      f"  return tiny_config({data_dir!r}, checkpoint_every_steps=2, log_every_steps=1)\n")
+  return str(path)
+
+
+def wait_for_step(workdir, step, process, timeout=300):
+  """Until metrics.jsonl has logged `step` (the run is past it)."""
+  deadline = time.time() + timeout
+  path = os.path.join(workdir, "metrics.jsonl")
+  while time.time() < deadline:
+    assert process.poll() is None, process.communicate()
+    if os.path.exists(path):
+      steps = [json.loads(line)["step"] for line in open(path) if line.strip()]
+      if steps and max(steps) >= step:
+        return
+    time.sleep(0.05)
+  raise TimeoutError(f"step {step} not reached")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_same_parameters(sig, finished_run, data_dir, tmp_path):
+  """SIGKILL at any moment loses at most the steps since the last complete checkpoint;
+  SIGTERM (preemption; SIGINT / Ctrl-C is handled the same way) saves one first. Either
+  way the same command finishes with the parameters of an uninterrupted run."""
+  config_file, workdir = tiny_config_file(tmp_path, data_dir), str(tmp_path / "run")
+  process = start_main(config_file, workdir)
+  wait_for_step(workdir, 3, process)
+  process.send_signal(sig)
+  _, stderr = process.communicate(timeout=300)
+  if sig == signal.SIGTERM:
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", stderr).group(1))
+    assert stopped >= 3 and str(stopped) in os.listdir(os.path.join(workdir, "checkpoints"))
+  else:
+    assert process.returncode == -signal.SIGKILL
+  process = start_main(config_file, workdir)
+  _, stderr = process.communicate(timeout=600)
+  assert process.returncode == 0, stderr[-3000:]
+  want, got = checkpoint.load_variables(finished_run[0]), checkpoint.load_variables(workdir)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
