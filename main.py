@@ -33,7 +33,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: pro
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Checkpoints, logs and plots go here; a run resumes from it. "
-    "Default: runs/<config file name>.")
+    "Default: runs/<config file name>[_<setting>].")
 
 
 def main(argv):
@@ -43,7 +43,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  config_name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+  # configs/imagenet.py:resnet50,isqrt -> runs/imagenet_resnet50_isqrt
+  path, _, setting = flags.FLAGS["config"].config_filename.partition(":")
+  config_name = "_".join([os.path.splitext(os.path.basename(path))[0],
+                          *filter(None, setting.split(","))])
   workdir = _WORKDIR.value or os.path.join("runs", config_name)
   print(f"workdir: {os.path.abspath(workdir)}", flush=True)
   run = train.train_and_evaluate if _MODE.value == "train" else train.evaluate_checkpoint

@@ -1,6 +1,7 @@
 """Config schema validation and command-line overrides."""
 import importlib.util
 import os
+import re
 
 import pytest
 
@@ -9,17 +10,46 @@ from gcp import config as config_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config_file(name):
+def load_config_module(name):
   spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
 
 
-def test_shipped_configs_are_valid():
-  for name in sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
-                     if f.endswith(".py")):
-    config_lib.validate(load_config_file(name))
+CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+                      if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_shipped_configs_are_valid(name):
+  """Every setting a recipe's docstring lists (with its published number) builds a valid
+  config; an unknown setting lists the valid ones."""
+  module = load_config_module(name)
+  config_lib.validate(module.get_config())
+  settings = re.findall(r"^\| ([\w,]+) \| ([^|]+) \|$", module.__doc__, re.M)
+  for setting, target in settings:
+    if setting != "setting":
+      config = module.get_config(setting)
+      config_lib.validate(config)
+      assert re.search(r"\d\d\.\d|none|no number", target), (setting, target)
+  if settings:
+    with pytest.raises(ValueError, match="unknown setting 'nope'; valid: "):
+      module.get_config("nope")
+
+
+def test_recipes_follow_spec():
+  r50 = load_config_module("imagenet").get_config("resnet50,dropcov")
+  assert (r50.model.reduction_dim, r50.optim.learning_rate, r50.num_epochs) == (128, 0.12, 100)
+  assert tuple(r50.optim.decay_epochs) == (30, 60, 90) and r50.optim.label_smoothing == 0.1
+  mpn = load_config_module("fast_mpn_cov").get_config("resnet101")
+  assert (mpn.batch_size, mpn.num_epochs, tuple(mpn.optim.decay_epochs)) == (160, 65,
+                                                                             (30, 45, 60))
+  fast = load_config_module("gcp_optimization").get_config("resnet18,LRfast")
+  assert (fast.num_epochs, fast.optim.schedule, fast.optim.poly_epochs,
+          fast.optim.poly_power) == (30, "poly", 52, 11)
+  cub = load_config_module("finegrained").get_config("cub,resnet101")
+  assert (cub.optim.classifier_lr_mult, cub.eval_flip, cub.batch_size) == (5.0, True, 10)
 
 
 def test_unknown_keys_are_listed_with_suggestions():
