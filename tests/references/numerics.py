@@ -1,6 +1,8 @@
 """Numerical yardsticks shared by the operator tests."""
 import numpy as np
 
+NUM_DEVICES = 8  # simulated CPU devices of the test session (tests/conftest.py)
+
 
 def rel_err(a, b) -> float:
   """Relative Frobenius error of `a` against the reference `b`, in float64."""

@@ -1,0 +1,145 @@
+"""Image folders (ImageFolder layout): read directly, or converted once to TFDS; corrupt
+images skipped and counted; a missing or empty folder explains the layout."""
+import logging
+
+import numpy as np
+import pytest
+
+import gcp.data
+from gcp.data import folder
+
+CLASSES = ["eel", "cat", "dog"]  # label ids follow the sorted names: cat 0, dog 1, eel 2
+PP_EVAL = "resize(12)"
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory, images):
+  """A folder with train/ (3 images per class, one of them corrupt) and val/ (2 per class
+  and a PNG named .JPEG), a PNG, and a stray text file; returns (root, colours, truth)
+  with truth[split] = {relative path: (colour index, label)} of the good images."""
+  root = tmp_path_factory.mktemp("folder") / "My-Data"
+  colors = images.colors(20)
+  truth, k = {"train": {}, "val": {}}, 0
+  for split, per_class in (("train", 3), ("val", 2)):
+    for name in CLASSES:
+      (root / split / name).mkdir(parents=True)
+      for i in range(per_class):
+        rel = f"{split}/{name}/{name}_{i}.jpg"
+        (root / rel).write_bytes(images.jpeg(colors[k], (16 + 2 * i, 20)))
+        truth[split][rel] = (k, sorted(CLASSES).index(name))
+        k += 1
+  (root / "train/cat/cat_2.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated garbage")
+  del truth["train"]["train/cat/cat_2.jpg"]
+  (root / "train/dog/dog_3.png").write_bytes(images.png(colors[k]))
+  truth["train"]["train/dog/dog_3.png"] = (k, 1)
+  (root / "val/eel/sub").mkdir()
+  (root / "val/eel/sub/eel_9.JPEG").write_bytes(images.png(colors[k + 1]))  # PNG inside
+  truth["val"]["val/eel/sub/eel_9.JPEG"] = (k + 1, 2)
+  (root / "train/README.txt").write_text("not a class")  # a file beside the class folders
+  (root / "train/eel/notes.txt").write_text("not an image")
+  return str(root), colors, truth
+
+
+def _eval(builder, split, batch):
+  batches = list(gcp.data.eval_batches(builder, split=split, pp=PP_EVAL, per_host_batch=batch))
+  assert len(batches) == gcp.data.num_eval_batches(builder, split, batch)
+  mask = np.concatenate([b["mask"] for b in batches])
+  return (np.concatenate([b["image"] for b in batches])[mask],
+          np.concatenate([b["label"] for b in batches])[mask])
+
+
+def test_small_folder_is_read_directly(tree, images, caplog):
+  root, colors, truth = tree
+  with caplog.at_level(logging.WARNING):
+    builder = gcp.data.load_builder(f"folder:{root}")
+  assert isinstance(builder, folder.FolderSource)
+  assert "ignored 1 file(s) without an image extension" in caplog.text
+  assert gcp.data.num_classes(builder) == 3
+  assert builder.info.features["label"].names == sorted(CLASSES)
+  assert gcp.data.num_examples(builder, "train") == 10  # the corrupt file is listed
+  assert gcp.data.num_examples(builder, "val") == 7
+  assert gcp.data.num_examples(builder, "train[:50%]") == 5
+  assert gcp.data.image_shape(builder, "train", "inception_crop(8)") == (8, 8, 3)
+
+
+def test_eval_skips_and_counts_the_corrupt_image(tree, images, caplog):
+  root, colors, truth = tree
+  builder = gcp.data.load_builder(f"folder:{root}")
+  for split, good in (("train", 9), ("val", 7)):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      image, label = _eval(builder, split, 4)
+    assert len(label) == good
+    which = images.identify(image, colors)
+    expected = {c: l for c, l in truth[split].values()}
+    assert sorted(which) == sorted(expected)  # every good image once, PNGs included
+    np.testing.assert_array_equal(label, [expected[c] for c in which])
+    skipped = [r.getMessage() for r in caplog.records if "could not be decoded" in
+               r.getMessage()]
+    assert skipped == ([f"folder:{root}:train: skipped 1 image(s) that could not be decoded"]
+                       if split == "train" else [])
+
+
+def test_training_epoch_stays_full_despite_the_corrupt_image(tree, caplog):
+  root, _, _ = tree
+  builder = gcp.data.load_builder(f"folder:{root}")
+  kw = dict(split="train", pp="inception_crop(8)|flip_lr", per_host_batch=5, seed=0)
+  with caplog.at_level(logging.WARNING):
+    batches = list(gcp.data.train_batches(builder, epoch=0, **kw))
+  # 10 files make 2 batches of 5; one does not decode, so the epoch's first image is reused.
+  assert len(batches) == gcp.data.steps_per_epoch(builder, "train", 5) == 2
+  assert all(b["image"].shape == (5, 8, 8, 3) for b in batches)
+  assert "train epoch 0: skipped 1 image(s) that could not be decoded" in caplog.text
+  resumed = list(gcp.data.train_batches(builder, epoch=0, start_step=1, **kw))
+  np.testing.assert_array_equal(resumed[0]["image"], batches[1]["image"])
+  np.testing.assert_array_equal(resumed[0]["label"], batches[1]["label"])
+
+
+def test_large_folder_must_be_converted_and_the_copy_is_used(tree, images, tmp_path, capsys,
+                                                             caplog):
+  root, colors, truth = tree
+  with pytest.raises(ValueError, match=r"more than 5 images: convert it once") as err:
+    gcp.data.load_builder(f"folder:{root}", str(tmp_path), folder_max_direct=5)
+  assert f"python -m gcp.data.folder {root} {tmp_path}" in str(err.value)
+
+  with caplog.at_level(logging.WARNING):
+    assert folder.main([root, str(tmp_path)]) == 0  # the documented command
+  out = capsys.readouterr().out
+  assert "train: 9 images, 1 skipped (do not decode)" in out and "val: 7 images" in out
+  assert "train/cat/cat_2.jpg" in caplog.text
+  copy = tmp_path / "gcp_folder" / "my_data" / "1.0.0"
+  assert (copy / "dataset_info.json").exists()
+
+  builder = gcp.data.load_builder(f"folder:{root}", str(tmp_path), folder_max_direct=5)
+  assert not isinstance(builder, folder.FolderSource)
+  assert gcp.data.num_examples(builder, "train") == 9
+  assert builder.info.features["label"].names == sorted(CLASSES)
+  image, label = _eval(builder, "val", 3)
+  expected = {c: l for c, l in truth["val"].values()}
+  which = images.identify(image, colors)
+  assert sorted(which) == sorted(expected)
+  np.testing.assert_array_equal(label, [expected[c] for c in which])
+  assert len(list(gcp.data.train_batches(builder, split="train", pp="inception_crop(8)",
+                                         per_host_batch=4, seed=0, epoch=0))) == 2
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "flat"])
+def test_missing_or_empty_folder_shows_the_layout(tmp_path, images, make):
+  root = tmp_path / "data"
+  if make != "missing":
+    root.mkdir()
+  if make == "flat":  # images straight in the split folder: no class folders
+    (root / "train").mkdir()
+    (root / "train" / "a.jpg").write_bytes(images.jpeg((1, 2, 3)))
+  with pytest.raises(FileNotFoundError) as err:
+    gcp.data.load_builder(f"folder:{root}")
+  message = str(err.value)
+  assert {"missing": "does not exist", "empty": "it has no sub-folders",
+          "flat": "its folders (train) hold no class folders with images"}[make] in message
+  assert f"{root}/\n├── train/" in message and "│   ├── n01440764/" in message
+
+
+def test_unknown_split_names_the_folders(tree):
+  builder = gcp.data.load_builder(f"folder:{tree[0]}")
+  with pytest.raises(ValueError, match=r"Unknown split 'test'.*top-level folders"):
+    gcp.data.num_examples(builder, "test")
