@@ -5,6 +5,17 @@ one module plus one registry line. Second-order heads share an optional reductio
 (1x1 conv, BN, ReLU to `reduction_dim`; None or 0: off) and compute in float32. The class
 attribute `last_stage_stride` tells a ResNet whether to keep the last stage's downsampling
 (GAP) or drop it (second-order heads want 14x14 at 224 px, SPEC §2).
+
+Token heads (`TOKEN_HEADS`, for `gcp.models.vit`) are a separate registry because their
+contract differs: they take a ViT's normalised tokens `[B, 1 + N, D]` (class token first)
+and return float32 logits `[B, num_classes]`, i.e. the classifier is part of the head.
+Moment Probing's classifier is two dense layers averaged (class token and second-order
+branch; the 4,047,146 parameters of SPEC §4 count both biases), which no single `fc` after
+the head can express, and with the classifier inside, "train the head" is one subtree
+(`params/head/`) for linear probing, MP and MP+ alike. The `linear` head's parameters are
+`head/{kernel,bias}`, big_vision's classifier names, so a fine-tuned AugReg file loads
+whole. The class attribute `psrp` tells the ViT to add the PSRP adapters to its blocks
+(MP+), as `last_stage_stride` tells a ResNet its last stride.
 """
 from typing import ClassVar
 
@@ -145,4 +156,96 @@ HEADS: dict[str, type[nn.Module]] = {
     "bcnn": BCNNHead,
     "cbp": CBPHead,
     "dropcov": DropCovHead,
+}
+
+
+# --- Token heads: ViT tokens `[B, 1 + N, D]` -> logits `[B, num_classes]` ---------------
+
+_trunc02 = nn.initializers.truncated_normal(stddev=0.02)
+
+
+class LinearTokenHead(nn.Module):
+  """Linear probe: logits = cls @ kernel + bias, big_vision's `head` (zero-initialised)."""
+  num_classes: int
+  psrp: ClassVar[bool] = False
+
+  @nn.compact
+  def __call__(self, tokens, train: bool = False):
+    del train
+    cls = tokens[:, 0].astype(jnp.float32)
+    kernel = self.param("kernel", nn.initializers.zeros, (cls.shape[-1], self.num_classes))
+    bias = self.param("bias", nn.initializers.zeros, (self.num_classes,))
+    return cls @ kernel + bias
+
+
+def mp_cross_covariance(groups, mean_removal: str = "scalar"):
+  """Moment Probing's second-order map (SPEC §4), float32.
+
+  Args:
+    groups: `[B, N, G, c]` tokens split into G channel groups (after the shared LayerNorm).
+    mean_removal: 'scalar' (the release: one mean per sample and group, over all N x c
+      entries) or 'channel' (a mean per channel over the N tokens, a true covariance).
+
+  Returns:
+    `[B, c, c, G - 1]`: C_i = h_i^T h_{i+1} / N for adjacent groups, each column
+    (fixed second index) L2-normalised (eps 1e-12, as torch.nn.functional.normalize).
+  """
+  x = groups.astype(jnp.float32)
+  axes = {"scalar": (1, 3), "channel": (1,)}
+  if mean_removal not in axes:
+    raise ValueError(f"unknown mean_removal {mean_removal!r}; valid: scalar, channel")
+  x = x - jnp.mean(x, axis=axes[mean_removal], keepdims=True)
+  cov = jnp.einsum("bnga,bngc->bacg", x[:, :, :-1], x[:, :, 1:],
+                   precision=jax.lax.Precision.HIGHEST) / x.shape[1]
+  norm = jnp.sqrt(jnp.sum(cov * cov, axis=1, keepdims=True))
+  return cov / jnp.maximum(norm, 1e-12)
+
+
+class MPHead(nn.Module):
+  """Moment Probing (ICCV 2023, SPEC §4): first-order class token + second-order patch
+  tokens, logits = (Dense(cls) + Dense(flat)) / 2; float32 throughout.
+
+  P = Dense(D -> proj_dim)(patch tokens), split into `num_groups` groups sharing one
+  LayerNorm, mean removal (`mean_removal`, see `mp_cross_covariance`), cross-covariance
+  of adjacent groups -> conv 3x3/2 VALID -> GELU -> conv 3x3/2 VALID (3 -> 3 channels, no
+  bias) -> flattened channel-major (the release's NCHW order, so its `[K, 2883]` weight
+  is our kernel transposed). Parameter names: proj, norm, conv_0, conv_1, fc_cls, fc_cov.
+  """
+  num_classes: int
+  proj_dim: int = 512
+  num_groups: int = 4
+  mean_removal: str = "scalar"
+  psrp: ClassVar[bool] = False
+
+  @nn.compact
+  def __call__(self, tokens, train: bool = False):
+    del train
+    tokens = tokens.astype(jnp.float32)
+    cls, patches = tokens[:, 0], tokens[:, 1:]
+    if self.proj_dim % self.num_groups:
+      raise ValueError(f"proj_dim {self.proj_dim} is not divisible into {self.num_groups} "
+                       "groups")
+    p = nn.Dense(self.proj_dim, kernel_init=_trunc02, name="proj")(patches)
+    b, n, _ = p.shape
+    p = p.reshape(b, n, self.num_groups, self.proj_dim // self.num_groups)
+    p = nn.LayerNorm(epsilon=1e-5, name="norm")(p)
+    x = mp_cross_covariance(p, self.mean_removal)
+    groups = self.num_groups - 1
+    conv = lambda name: nn.Conv(groups, (3, 3), strides=(2, 2), padding="VALID",
+                                use_bias=False, name=name)
+    x = conv("conv_1")(nn.gelu(conv("conv_0")(x), approximate=False))
+    flat = jnp.transpose(x, (0, 3, 1, 2)).reshape(b, -1)
+    dense = lambda name: nn.Dense(self.num_classes, kernel_init=_trunc02, name=name)
+    return (dense("fc_cls")(cls) + dense("fc_cov")(flat)) / 2
+
+
+class MPPlusHead(MPHead):
+  """MP+: the MP head, and PSRP adapters inside every ViT block (`psrp`)."""
+  psrp: ClassVar[bool] = True
+
+
+TOKEN_HEADS: dict[str, type[nn.Module]] = {
+    "linear": LinearTokenHead,
+    "mp": MPHead,
+    "mp_plus": MPPlusHead,
 }

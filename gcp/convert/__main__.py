@@ -3,6 +3,8 @@
   python -m gcp.convert mpncovresnet50-15991845.pth converted/mpncovresnet50
   python -m gcp.convert resnet50_fastmpn.ckpt converted/r50_fastmpn      # MindSpore
   python -m gcp.convert --export runs/my_run my_run.pth                   # ours -> PyTorch
+  python -m gcp.convert B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz \
+      converted/vit_b16_mp --head mp --option num_classes=1000  # AugReg ViT, fresh MP head
 
 The output directory is a checkpoint: evaluate it with
   python main.py --mode=eval --config configs/imagenet.py --config.init_from=DIR

@@ -1,7 +1,9 @@
 """Model registry: `create_model(arch, head=..., num_classes=...)` -> a flax.linen Module.
 
 The module is called as `model.apply(variables, images_nhwc, train=...)` and returns
-float32 logits `[B, num_classes]`. Every backbone takes every head of `gcp.heads.HEADS`.
+float32 logits `[B, num_classes]`. Every CNN backbone takes every head of
+`gcp.heads.HEADS` and ends in its classifier `fc`; every ViT (`VIT_ARCHS`) takes every
+head of `gcp.heads.TOKEN_HEADS`, which holds the classifier itself (see `gcp.heads`).
 """
 import dataclasses
 import functools
@@ -9,11 +11,12 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gcp.heads import HEADS
+from gcp.heads import HEADS, TOKEN_HEADS
 from gcp.layers import INITS
 from gcp.models.mobilenet import MobileNetV2
 from gcp.models.resnet import STAGE_SIZES, VARIANTS, ResNet
 from gcp.models.vgg import VGG
+from gcp.models.vit import VIT_SIZES, ViT
 
 # name -> (backbone constructor, the initialisation its release trained with)
 _BACKBONES = {
@@ -22,11 +25,17 @@ _BACKBONES = {
     "vgg16_bn": (VGG, "torchvision"),
     "mobilenet_v2": (MobileNetV2, "torchvision"),
 }
-ARCHS = tuple(_BACKBONES)
+_VITS = {name: functools.partial(ViT, patch_size=p, width=w, depth=d, num_heads=h,
+                                  mlp_dim=m)
+         for name, (p, w, d, h, m) in VIT_SIZES.items()}
+VIT_ARCHS = tuple(_VITS)
+ARCHS = tuple(_BACKBONES) + VIT_ARCHS
 DTYPES = ("float32", "bfloat16", "float16")
 # Set by create_model itself, never passed as options.
 _MANAGED = {"stage_sizes", "block", "head", "num_classes", "dtype", "init_scheme", "parent",
             "name", "bn_eps", "reduction_relu6", "reduction_dim"}
+# A ViT's shape is its arch name; these options (ResNet / VGG `width`) never reach a ViT.
+_VIT_SHAPE = {"patch_size", "width", "depth", "num_heads", "mlp_dim"}
 
 
 def _fields(cls) -> set[str]:
@@ -45,8 +54,10 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
   """Builds a backbone ending in a registered pooling head and its classifier.
 
   Args:
-    arch: one of `ARCHS`.
-    head: one of `gcp.heads.HEADS`.
+    arch: one of `ARCHS`: a CNN, or a ViT of `VIT_ARCHS` ('vit_s16', 'vit_b16',
+      'deit_t16', 'deit_s16', 'vit_test').
+    head: one of `gcp.heads.HEADS` for CNNs, of `gcp.heads.TOKEN_HEADS` ('linear', 'mp',
+      'mp_plus') for ViTs.
     num_classes: classifier outputs.
     reduction_dim: channels of the head's 1x1 reduction block (None or 0: none); used by
       the second-order heads.
@@ -55,23 +66,34 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
       ('mindspore' for ResNets, 'torchvision' for VGG and MobileNetV2).
     **options: backbone attributes (ResNet `width`, `small_input`, `variant`; VGG `width`,
       `hidden`, `dropout`; MobileNetV2 `width_mult`, `dropout`) and head attributes
-      (`num_iters`, `isqrt_method`, `alpha`, `sketch_dim`). An option that only other
-      backbones or heads take is ignored, so one config serves every combination; a name
-      none of them knows is an error.
+      (`num_iters`, `isqrt_method`, `alpha`, `sketch_dim`); ViT `drop_path`, `psrp_rank`,
+      `approximate_gelu` and token-head `proj_dim`, `num_groups`, `mean_removal`. An
+      option that only other backbones or heads take is ignored, so one config serves
+      every combination; a name none of them knows is an error. ViTs ignore
+      `reduction_dim` and `init_scheme` (they initialise as big_vision).
   """
   _check("arch", arch, ARCHS)
-  _check("head", head, tuple(HEADS))
+  _check("head", head, tuple(TOKEN_HEADS) if arch in _VITS else tuple(HEADS))
   _check("dtype", dtype, DTYPES)
-  backbone, default_init = _BACKBONES[arch]
-  init_scheme = init_scheme or default_init
-  _check("init_scheme", init_scheme, tuple(INITS))
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
   known = set().union(*(_fields(b) for b, _ in _BACKBONES.values()),
-                      *(_fields(h) for h in HEADS.values()))
+                      *(_fields(h) for h in HEADS.values()),
+                      *(_fields(b) - _VIT_SHAPE for b in _VITS.values()),
+                      *(_fields(h) for h in TOKEN_HEADS.values()))
   unknown = sorted(set(options) - known)
   if unknown:
     raise ValueError(f"unknown model option(s) {unknown}; valid options: {sorted(known)}")
+  if arch in _VITS:
+    head_cls, backbone = TOKEN_HEADS[head], _VITS[arch]
+    head_fields, backbone_fields = _fields(head_cls), _fields(backbone) - _VIT_SHAPE
+    return backbone(
+        head=head_cls(num_classes=num_classes,
+                      **{k: v for k, v in options.items() if k in head_fields}),
+        dtype=jnp.dtype(dtype), **{k: v for k, v in options.items() if k in backbone_fields})
+  backbone, default_init = _BACKBONES[arch]
+  init_scheme = init_scheme or default_init
+  _check("init_scheme", init_scheme, tuple(INITS))
   if options.get("variant", "pytorch") not in VARIANTS:
     raise ValueError(f"unknown variant {options['variant']!r}; valid variants: "
                      f"{', '.join(VARIANTS)}")

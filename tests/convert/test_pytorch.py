@@ -145,8 +145,11 @@ def test_truncated_and_foreign_files_are_rejected(r18_state, tmp_path):
   torch.save([1, 2, 3], tmp_path / "list.pth")
   with pytest.raises(ConversionError, match="holds no state_dict"):
     convert(str(tmp_path / "list.pth"))
-  (tmp_path / "weights.npz").write_bytes(b"")
+  (tmp_path / "weights.h5").write_bytes(b"")
   with pytest.raises(ConversionError, match="cannot tell the format"):
+    convert(str(tmp_path / "weights.h5"))
+  (tmp_path / "weights.npz").write_bytes(b"")  # .npz: a ViT in the AugReg layout
+  with pytest.raises(ConversionError, match="not a readable .npz file"):
     convert(str(tmp_path / "weights.npz"))
   with pytest.raises(FileNotFoundError, match="no checkpoint file"):
     convert(str(tmp_path / "absent.pth"))
