@@ -1,16 +1,23 @@
 """Speed and memory of the GCP meta-layer against the PyTorch release, on this machine.
 
-Forward + backward of triu(isqrt_cov(x)) (`gcp.ops`, jitted, both evaluation methods) and
-of the release's
+Forward + backward of triu(isqrt_cov(x)) (`gcp.ops`, jitted `value_and_grad`, so the forward
+output is materialised as in a training step: the default 'auto' and each explicit
+evaluation method) and of the release's
 Covpool -> Sqrtm -> Triuvec (PyTorch port with its dense M x M centring matrix and
 hand-written backward, tests/references/torch_release.py), float32, same inputs, same
 process for timing. The `eig` path (MPN-COV, eigendecomposition) is reported beside them.
+'isqrt auto' is what the ISQRT head runs on this backend: on CPU 'gram' when M < C, else
+'eigh'.
 Peak memory: for PyTorch the rise of the resident set over one warmed-up call, sampled
 every 0.5 ms in a fresh process (large CPU tensors are returned to the OS when freed); for
 JAX the compiled program's buffers from XLA's memory analysis (arguments, outputs and
 temporaries), because XLA's CPU runtime keeps freed buffers and its RSS would hide them.
 
-  python benchmarks/meta_layer.py [--repeats 10] [--threads 2]
+  python benchmarks/meta_layer.py [--repeats 10] [--threads 2] [--lapack-threads 1]
+
+--lapack-threads sets OPENBLAS_NUM_THREADS for the LAPACK that jaxlib's CPU eigh calls
+(scipy's OpenBLAS; PyTorch does not use it). The default 1 is what main.py sets: eigh runs
+once per small matrix, where more threads only add overhead.
 
 Prints a table of times, peak memory and the ratios ours / PyTorch (lower is better).
 """
@@ -26,9 +33,12 @@ import time
 
 import numpy as np
 
+from timing import median_seconds
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [(32, 256, 196), (8, 256, 784)]  # (B, C, M): 224 px and 448 px inputs, d = 256
-IMPLS = ("torch_release", "isqrt newton_schulz", "isqrt eigh", "eig (MPN-COV)")
+IMPLS = ("torch_release", "isqrt auto (CPU default)", "isqrt newton_schulz", "isqrt eigh",
+         "isqrt gram", "eig (MPN-COV)")
 
 
 def _rss_bytes() -> int:
@@ -83,22 +93,12 @@ def _jax_step(impl: str, b: int, c: int, m: int):
     pool = functools.partial(ops.isqrt_cov, method=impl.split()[1])
   else:
     pool = lambda f: ops.eig_power(ops.covariance(f))
-  grad = jax.jit(jax.grad(lambda f, v: jnp.sum(ops.triu_vec(pool(f)) * v)))
+  grad = jax.jit(jax.value_and_grad(lambda f, v: jnp.sum(ops.triu_vec(pool(f)) * v)))
   x, w = (jnp.asarray(a) for a in _inputs(b, c, m))
   memory = grad.lower(x, w).compile().memory_analysis()
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes +
           memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  return (lambda: grad(x, w).block_until_ready()), peak
-
-
-def _seconds(step, repeats: int) -> float:
-  step()  # compile / warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return (lambda: jax.block_until_ready(grad(x, w))), peak
 
 
 def _torch_memory_case(b, c, m, threads):
@@ -118,36 +118,40 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--lapack-threads", type=int, default=1,
+                      help="OPENBLAS_NUM_THREADS for jaxlib's LAPACK (eigh)")
   parser.add_argument("--torch-memory-case", nargs=3, type=int, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.torch_memory_case:
     return _torch_memory_case(*args.torch_memory_case, args.threads)
 
+  os.environ["OPENBLAS_NUM_THREADS"] = str(args.lapack_threads)  # before scipy loads
   _set_threads(args.threads)
   import jax
   from tqdm import tqdm
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"jax {jax.__version__} on {jax.devices()[0].platform}; "
-        f"torch threads {args.threads}; median of {args.repeats}")
+        f"torch threads {args.threads}; LAPACK threads for JAX "
+        f"{args.lapack_threads}; median of {args.repeats}")
   rows = []
   cases = [(s, impl) for s in SIZES for impl in IMPLS]
   for (b, c, m), impl in tqdm(cases, desc="cases"):
     if impl == "torch_release":
-      seconds = _seconds(_torch_step(b, c, m), args.repeats)
+      seconds = median_seconds(_torch_step(b, c, m), args.repeats)
       out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
                             "--torch-memory-case", str(b), str(c), str(m)],
                            capture_output=True, text=True, check=True, cwd=ROOT)
       peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
     else:
       step, peak = _jax_step(impl, b, c, m)
-      seconds = _seconds(step, args.repeats)
+      seconds = median_seconds(step, args.repeats)
     rows.append(((b, c, m), impl, seconds, peak))
 
-  print(f"\n{'B, C, M':>14} {'implementation':>20} {'fwd+bwd ms':>11} {'peak MB':>8} "
+  print(f"\n{'B, C, M':>14} {'implementation':>24} {'fwd+bwd ms':>11} {'peak MB':>8} "
         f"{'time ratio':>10} {'memory ratio':>12}")
   for (size, impl, seconds, peak) in rows:
     base = next(r for r in rows if r[0] == size and r[1] == "torch_release")
-    print(f"{str(size):>14} {impl:>20} {1e3 * seconds:11.1f} {peak / 2**20:8.1f} "
+    print(f"{str(size):>14} {impl:>24} {1e3 * seconds:11.1f} {peak / 2**20:8.1f} "
           f"{seconds / base[2]:10.2f} {peak / max(base[3], 1):12.2f}")
 
 

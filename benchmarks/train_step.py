@@ -74,6 +74,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   args = parser.parse_args()
+  os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as main.py: jaxlib's eigh
   import jax
   import torch
   from tqdm import tqdm

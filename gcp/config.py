@@ -38,7 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_classes = _optional(int)  # None: taken from the data set
   c.model.reduction_dim = _optional(int, 128)  # 0 or None: no reduction block
   c.model.num_iters = 5             # isqrt head: Newton-Schulz iterations
-  c.model.isqrt_method = "auto"     # isqrt head: auto | newton_schulz | eigh (same function)
+  c.model.isqrt_method = "auto"     # isqrt head: auto | newton_schulz | eigh | gram (same
+                                    # function; gcp.ops.isqrt_cov)
   c.model.alpha = 0.5               # eig head: eigenvalue power (0.5: square root)
   c.model.sketch_dim = 8192         # cbp head: Tensor Sketch dimension
   c.model.width = 64                # ResNet / VGG channels of the first stage

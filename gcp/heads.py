@@ -77,7 +77,8 @@ class ISQRTHead(_SecondOrderHead):
   """iSQRT-COV / Fast-MPN: covariance -> iSQRT(num_iters) -> triu, `[B, d (d + 1) / 2]`.
 
   `isqrt_method` picks how the same function is evaluated (`gcp.ops.isqrt_cov`): 'auto'
-  (eigh on CPU, Newton-Schulz matmuls on accelerators), 'newton_schulz' or 'eigh'.
+  (on CPU 'gram' when H*W < d, else 'eigh'; Newton-Schulz matmuls on accelerators),
+  'newton_schulz', 'eigh' or 'gram'.
   """
   num_iters: int = 5
   isqrt_method: str = "auto"

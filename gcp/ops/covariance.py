@@ -20,7 +20,8 @@ def covariance(x: jax.Array) -> jax.Array:
   return _covariance(x)
 
 
-def _centred(x):
+def centred(x: jax.Array) -> jax.Array:
+  """`x - mean over samples` in float32: `[..., M, C]` -> `[..., M, C]`."""
   x = x.astype(jnp.float32)
   # Subtracting the mean costs O(MC); the PyTorch release's M x M centring matrix, O(M^2 C).
   return x - jnp.mean(x, axis=-2, keepdims=True)
@@ -28,12 +29,12 @@ def _centred(x):
 
 @jax.custom_vjp
 def _covariance(x):
-  xc = _centred(x)
+  xc = centred(x)
   return jnp.einsum("...mc,...md->...cd", xc, xc, precision=_HIGHEST) / x.shape[-2]
 
 
 def _covariance_fwd(x):
-  xc = _centred(x)
+  xc = centred(x)
   cov = jnp.einsum("...mc,...md->...cd", xc, xc, precision=_HIGHEST) / x.shape[-2]
   return cov, (xc, jnp.zeros((0,), x.dtype))  # the empty array carries x's dtype
 
@@ -61,5 +62,27 @@ def triu_vec(mat: jax.Array) -> jax.Array:
   """
   if mat.ndim < 2 or mat.shape[-1] != mat.shape[-2]:
     raise ValueError(f"triu_vec expects square matrices [..., d, d], got shape {mat.shape}")
+  return _triu_vec(mat)
+
+
+@jax.custom_vjp
+def _triu_vec(mat):
   rows, cols = np.triu_indices(mat.shape[-1])
   return mat[..., rows, cols]
+
+
+def _triu_vec_fwd(mat):
+  return _triu_vec(mat), jnp.zeros((0, mat.shape[-1]), mat.dtype)  # carries d and dtype
+
+
+def _triu_vec_bwd(res, g):
+  # A gather instead of autodiff's scatter into zeros (about 10x faster on CPU): every
+  # entry of the upper triangle reads its element of g, the lower triangle an appended 0.
+  d = res.shape[-1]
+  index = np.full((d, d), d * (d + 1) // 2)
+  index[np.triu_indices(d)] = np.arange(d * (d + 1) // 2)
+  padded = jnp.concatenate([g, jnp.zeros((*g.shape[:-1], 1), g.dtype)], axis=-1)
+  return (jnp.take(padded, index, axis=-1).astype(res.dtype),)
+
+
+_triu_vec.defvjp(_triu_vec_fwd, _triu_vec_bwd)

@@ -1,4 +1,5 @@
 """covariance and triu_vec against numpy (float64 references)."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -35,6 +36,21 @@ def test_triu_vec_order_is_numpy_triu_indices():
   m = np.random.default_rng(2).normal(size=(3, 5, 5)).astype(np.float32)
   rows, cols = np.triu_indices(5)
   np.testing.assert_array_equal(ops.triu_vec(jnp.asarray(m)), m[:, rows, cols])
+
+
+def test_triu_vec_gradient_places_the_cotangent_in_the_upper_triangle():
+  # Exact reference: the adjoint of the selection scatters g into zeros.
+  g = np.random.default_rng(0).normal(size=(2, 3, 15)).astype(np.float32)
+  rows, cols = np.triu_indices(5)
+  want = np.zeros((2, 3, 5, 5), np.float32)
+  want[..., rows, cols] = g
+  _, vjp = jax.vjp(ops.triu_vec, jnp.zeros((2, 3, 5, 5), jnp.bfloat16))
+  (got,) = vjp(jnp.asarray(g, jnp.bfloat16))
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                want.astype(jnp.bfloat16).astype(np.float32))
+  _, vjp = jax.vjp(ops.triu_vec, jnp.zeros((2, 3, 5, 5)))
+  np.testing.assert_array_equal(vjp(jnp.asarray(g))[0], want)
 
 
 @pytest.mark.parametrize("d, features", [(128, 8_256), (256, 32_896)])

@@ -25,7 +25,7 @@ def ours(x, num_iters, method="newton_schulz"):
   return ops.triu_vec(ops.isqrt_cov(x, num_iters, method=method))
 
 
-@pytest.mark.parametrize("method", ["newton_schulz", "eigh"])
+@pytest.mark.parametrize("method", ["newton_schulz", "eigh", "gram"])
 @pytest.mark.parametrize("num_iters", [1, 3, 5])
 def test_meta_layer_forward_and_gradient_match_release(num_iters, method):
   x = features()
