@@ -407,25 +407,44 @@ def wait_for_step(workdir, step, process, timeout=300):
   raise TimeoutError(f"step {step} not reached")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_same_parameters(sig, finished_run, data_dir, tmp_path):
-  """SIGKILL at any moment loses at most the steps since the last complete checkpoint;
-  SIGTERM (preemption; SIGINT / Ctrl-C is handled the same way) saves one first. Either
-  way the same command finishes with the parameters of an uninterrupted run."""
+def test_killed_run_resumes_to_the_same_parameters(finished_run, data_dir, tmp_path):
+  """SIGKILL at any moment loses at most the steps since the last complete checkpoint; the
+  same command then finishes with the parameters of an uninterrupted run."""
   config_file, workdir = tiny_config_file(tmp_path, data_dir), str(tmp_path / "run")
   process = start_main(config_file, workdir)
   wait_for_step(workdir, 3, process)
-  process.send_signal(sig)
-  _, stderr = process.communicate(timeout=300)
-  if sig == signal.SIGTERM:
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", stderr).group(1))
-    assert stopped >= 3 and str(stopped) in os.listdir(os.path.join(workdir, "checkpoints"))
-  else:
-    assert process.returncode == -signal.SIGKILL
+  process.send_signal(signal.SIGKILL)
+  process.communicate(timeout=300)
+  assert process.returncode == -signal.SIGKILL
   process = start_main(config_file, workdir)
   _, stderr = process.communicate(timeout=600)
   assert process.returncode == 0, stderr[-3000:]
   want, got = checkpoint.load_variables(finished_run[0]), checkpoint.load_variables(workdir)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_ctrl_c_saves_the_current_step_then_resumes(finished_run, data_dir, tmp_path,
+                                                   monkeypatch):
+  """Ctrl-C (SIGINT; SIGTERM, the preemption signal, takes the same handler) during
+  training: the step in flight finishes, a checkpoint of it is saved, `Interrupted` says
+  so; rerunning resumes to the parameters of an uninterrupted run. (main.py turns
+  `Interrupted` into exit code 128 + signal number.)"""
+  sig = signal.SIGINT
+  batches = data.train_batches
+
+  def signalled_at_third_batch(*args, **kwargs):
+    for count, batch in enumerate(batches(*args, **kwargs), 1):
+      if count == 3:
+        os.kill(os.getpid(), sig)
+      yield batch
+  monkeypatch.setattr(data, "train_batches", signalled_at_third_batch)
+  config = tiny_config(data_dir)
+  with pytest.raises(train.Interrupted, match=rf"stopped by {sig.name} at step 3; saved a "
+                                              r"checkpoint in .*: run the same command"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert "3" in os.listdir(tmp_path / "checkpoints")
+  monkeypatch.undo()
+  assert train.train_and_evaluate(config, str(tmp_path))["step"] == 8
+  want, got = checkpoint.load_variables(finished_run[0]), checkpoint.load_variables(str(tmp_path))
   jax.tree.map(np.testing.assert_array_equal, got, want)
 
