@@ -114,21 +114,27 @@ def save_variables(directory: str, variables: dict, model_spec: dict) -> None:
   checkpointer.close()
 
 
-def describe_mismatch(missing, unexpected, misshaped, limit: int = 8) -> str:
-  """A readable report of how two sets of named tensors differ.
+def describe_mismatch(expected: dict, found: dict, fits=None, limit: int = 8) -> str:
+  """How named tensors differ from the ones a model needs, as a readable report; "" when
+  they map one-to-one.
 
   Args:
-    missing: names the target needs that the source lacks.
-    unexpected: names the source has that the target does not use.
-    misshaped: `(name, expected shape, found shape)` triples.
+    expected: `{name: shape}` the target needs.
+    found: `{name: shape}` the source has.
+    fits: `(name, expected shape, found shape) -> bool`; default: equal shapes.
   """
+  fits = fits or (lambda name, want, got: tuple(want) == tuple(got))
+  missing = [n for n in expected if n not in found]
+  unexpected = [n for n in found if n not in expected]
+  shapes = [f"{n}: expected {tuple(want)}, found {tuple(found[n])}"
+            for n, want in expected.items() if n in found and not fits(n, want, found[n])]
+
   def block(title, items):
     if not items:
       return []
     more = [f"    ... and {len(items) - limit} more"] if len(items) > limit else []
     return [f"  {title} ({len(items)}):", *(f"    {i}" for i in items[:limit]), *more]
-  shapes = [f"{n}: expected {tuple(e)}, found {tuple(f)}" for n, e, f in misshaped]
-  return "\n".join(block("missing", list(missing)) + block("unexpected", list(unexpected)) +
+  return "\n".join(block("missing", missing) + block("unexpected", unexpected) +
                    block("wrong shape", shapes))
 
 
@@ -159,14 +165,12 @@ def merge_pretrained(target: dict, loaded: dict, dont_load: str = "") -> tuple[d
                  flax.traverse_util.flatten_dict(dict(target)).items()}
   flat_loaded = {_path_name(p): v for p, v in
                  flax.traverse_util.flatten_dict(dict(loaded)).items()}
-  missing = [n for n in flat_target if not skip(n) and n not in flat_loaded]
-  unexpected = [n for n in flat_loaded if not skip(n) and n not in flat_target]
-  misshaped = [(n, v.shape, flat_loaded[n].shape) for n, (_, v) in flat_target.items()
-               if not skip(n) and n in flat_loaded and v.shape != flat_loaded[n].shape]
-  if missing or unexpected or misshaped:
+  report = describe_mismatch(
+      {n: v.shape for n, (_, v) in flat_target.items() if not skip(n)},
+      {n: v.shape for n, v in flat_loaded.items() if not skip(n)})
+  if report:
     raise ValueError(
-        "the checkpoint does not match the model:\n" +
-        describe_mismatch(missing, unexpected, misshaped) +
+        "the checkpoint does not match the model:\n" + report +
         "\nTo keep some variables freshly initialised (e.g. a classifier for new classes), "
         "set config.init_dont_load to a regular expression matching their paths, e.g. "
         "'^(params|batch_stats)/fc/'.")

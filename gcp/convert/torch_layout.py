@@ -137,15 +137,11 @@ def from_torch(tensors: dict[str, np.ndarray], target, *, source: str = "checkpo
   """
   flat_target = flax.traverse_util.flatten_dict(dict(target))
   expected = {e.torch_name: e for e in entries(target)}
-  missing = [n for n in expected if n not in tensors]
-  unexpected = [n for n in tensors if n not in expected]
-  misshaped = [(n, _torch_shape(flat_target[e.path].shape, n), tuple(tensors[n].shape))
-               for n, e in expected.items()
-               if n in tensors and _torch_shape(flat_target[e.path].shape, n)
-               != tuple(tensors[n].shape)]
-  if missing or unexpected or misshaped:
-    raise ConversionError(f"{source} does not match the architecture:\n" +
-                          describe_mismatch(missing, unexpected, misshaped))
+  report = describe_mismatch(
+      {n: _torch_shape(flat_target[e.path].shape, n) for n, e in expected.items()},
+      {n: t.shape for n, t in tensors.items()})
+  if report:
+    raise ConversionError(f"{source} does not match the architecture:\n{report}")
   flat = {e.path: _from_torch_layout(np.asarray(tensors[n]), n).astype(
       flat_target[e.path].dtype) for n, e in expected.items()}
   return flax.traverse_util.unflatten_dict(flat)

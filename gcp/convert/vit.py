@@ -82,17 +82,13 @@ def from_arrays(arrays: dict[str, np.ndarray], target, *, load_head: bool = True
   has_psrp = any(_PSRP.search(n) for n in arrays)
   expected = {n: v for n, v in flat_target.items()
               if (load_head or not _HEAD.match(n)) and (has_psrp or not _PSRP.search(n))}
-  missing = [n for n in expected if n not in arrays]
-  unexpected = [n for n in arrays if n not in expected]
-  misshaped = []
-  for n, v in expected.items():
-    if n not in arrays or tuple(arrays[n].shape) == tuple(v.shape):
-      continue
-    if not (n == POSEMB and resample and _posemb_fits(arrays[n].shape, v.shape)):
-      misshaped.append((n, tuple(v.shape), tuple(arrays[n].shape)))
-  if missing or unexpected or misshaped:
-    raise ConversionError(f"{source} does not match the architecture:\n" +
-                          describe_mismatch(missing, unexpected, misshaped))
+  def fits(name, want, got):
+    return tuple(want) == tuple(got) or (name == POSEMB and resample and
+                                         _posemb_fits(got, want))
+  report = describe_mismatch({n: v.shape for n, v in expected.items()},
+                             {n: a.shape for n, a in arrays.items()}, fits)
+  if report:
+    raise ConversionError(f"{source} does not match the architecture:\n{report}")
   out = {}
   for n, v in expected.items():
     value = np.asarray(arrays[n])
