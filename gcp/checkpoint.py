@@ -85,16 +85,23 @@ def _read(directory: str, step: int | None, item: str, args) -> Any:
     return m.restore(step, args=ocp.args.Composite(**{item: args}))[item]
 
 
-def load_variables(directory: str, step: int | None = None) -> dict:
-  """`{"params": ..., "batch_stats": ..., ...}` of a checkpoint, for `model.apply`, as
-  numpy arrays.
+def load_state(directory: str, step: int | None = None) -> dict:
+  """A checkpoint's saved state as a dict: `step`, `params`, `model_state`, and where the
+  run had them `opt_state` and `ema_params` (the EMA of the trained parameters, a nested
+  dict of their paths; None without EMA).
 
   Args:
     directory: a checkpoint directory (`WORKDIR/checkpoints`, or one written by
       `python -m gcp.convert`) or a workdir holding one.
     step: which step (default: the latest).
   """
-  state = _read(directory, step, "state", ocp.args.StandardRestore())
+  return _read(directory, step, "state", ocp.args.StandardRestore())
+
+
+def load_variables(directory: str, step: int | None = None) -> dict:
+  """`{"params": ..., "batch_stats": ..., ...}` of a checkpoint (see `load_state` for the
+  arguments), for `model.apply`."""
+  state = load_state(directory, step)
   return {"params": state["params"], **state["model_state"]}
 
 

@@ -30,11 +30,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_pp = "inception_crop(224)|flip_lr|normalize('imagenet')"
   c.data.eval_pp = "resize_shorter(256)|center_crop(224)|normalize('imagenet')"
   c.data.shuffle_buffer = 16_384
+  # Mixup / CutMix on each training batch (timm's batch mode; gcp.data.mixup): Beta(alpha)
+  # mixing weights, 0 disables; with both on, CutMix is chosen with mix_switch_prob.
+  c.data.mixup_alpha = 0.0
+  c.data.cutmix_alpha = 0.0
+  c.data.mix_switch_prob = 0.5
   c.data.prefetch = 2
 
   c.model = ml_collections.ConfigDict()
-  c.model.arch = "resnet50"         # resnet18/34/50/101/152, vgg16_bn, mobilenet_v2
-  c.model.head = "isqrt"            # gcp.heads.HEADS: gap cov isqrt eig bcnn cbp dropcov
+  c.model.arch = "resnet50"         # gcp.models.ARCHS: resnet18/34/50/101/152, vgg16_bn,
+                                    # mobilenet_v2; vit_s16, vit_b16, deit_t16, deit_s16;
+                                    # tsn_resnet50/101/152 (video)
+  c.model.head = "isqrt"            # CNNs: gcp.heads.HEADS (gap cov isqrt eig bcnn cbp
+                                    # dropcov); ViTs: TOKEN_HEADS (linear mp mp_plus
+                                    # dropcov); video: VIDEO_HEADS (gap cstp tcp)
   c.model.num_classes = _optional(int)  # None: taken from the data set
   c.model.reduction_dim = _optional(int, 128)  # 0 or None: no reduction block
   c.model.num_iters = 5             # isqrt head: Newton-Schulz iterations
@@ -48,22 +57,49 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.variant = "pytorch"       # ResNet: pytorch | mindspore (SAME padding, BN eps)
   c.model.init_scheme = _optional(str)  # mindspore | torchvision; None: the release's
   c.model.dtype = "float32"
+  # Video models (gcp.models.video: tsn_resnet50, ...; heads gap, cstp, tcp).
+  c.model.cptm = False              # AMS-Net's CPTM blocks after layer1 and layer3
+  c.model.cptm_fusion = "competitive"  # competitive (softmax over branches) | average
+  c.model.snippet_frames = 1        # AMS-Net*: 3 frames per segment stacked (9 channels)
+  # Vision transformers (gcp.models.vit) and their token heads (gcp.heads.TOKEN_HEADS).
+  c.model.stem = "patch"            # patch (embedding) | conv (DropCov's DeiT-S token stem)
+  c.model.drop_path = 0.0           # stochastic depth of the last block (linear in depth)
+  c.model.psrp_rank = 16            # mp_plus: hidden width of the PSRP adapters
+  c.model.proj_dim = 512            # mp: patch-token projection, split into num_groups
+  c.model.num_groups = 4
+  c.model.mean_removal = "scalar"   # mp, dropcov: scalar (the release) | channel
+  c.model.approximate_gelu = False  # tanh GELU (big_vision) instead of exact (timm)
 
   c.optim = ml_collections.ConfigDict()
+  c.optim.optimizer = "sgd"         # sgd (momentum, coupled weight decay) | adamw
   c.optim.learning_rate = 0.1       # for the global batch_size below...
   c.optim.lr_reference_batch = _optional(int)  # ...or, if set, for this one (linear scaling)
   c.optim.momentum = 0.9
   c.optim.nesterov = False
-  c.optim.weight_decay = 1e-4       # kernels only: BatchNorm parameters and biases skip it
+  c.optim.weight_decay = 1e-4       # kernels only: norm parameters, biases, a ViT's class
+                                    # token and position embedding skip it
+  c.optim.grad_clip_norm = 0.0      # > 0: clip the gradient's global L2 norm to this
   c.optim.label_smoothing = 0.1
   c.optim.schedule = "step"         # step | cosine | constant | poly
   c.optim.decay_epochs = (30, 60, 90)  # step: multiply by decay_factor at these epochs
   c.optim.decay_factor = 0.1
   c.optim.poly_epochs = 52.0        # poly: lr * (1 - epoch / poly_epochs) ** poly_power
   c.optim.poly_power = 11.0
+  c.optim.min_learning_rate = 0.0   # cosine: decays to this (not scaled with the batch)
   c.optim.warmup_epochs = 0.0
+  c.optim.warmup_init_lr = 0.0      # warmup: linear from this to the learning rate
+  c.optim.cooldown_epochs = 0.0     # cosine: the last epochs held at min_learning_rate
   c.optim.classifier_lr_mult = 1.0  # the classifier's learning rate multiplier
   c.optim.grad_accum_steps = 1      # each batch in this many sequential micro-batches
+  c.optim.ema_decay = 0.0           # > 0: also keep (and evaluate) an EMA of the trained
+                                    # parameters, ema = d * ema + (1 - d) * params per step
+  c.optim.aux_loss_weight = 0.5     # loss weight of auxiliary logits a model sows
+                                    # (AMS-Net's CSTP auxiliary head)
+
+  # Which parameters train: a regular expression searched in each parameter's path
+  # ("head/fc_cls/kernel", "Transformer/encoderblock_0/psrp/down/kernel"); "" trains all.
+  # The others stay bit-identical and get no optimizer state (Moment Probing: "^head/").
+  c.trainable_params = ""
 
   # Fine-tuning: initialise from a checkpoint (a workdir, its checkpoints/ folder, or the
   # output of `python -m gcp.convert`); variables whose path ("params/fc/kernel") matches

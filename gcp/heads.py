@@ -15,7 +15,8 @@ the head can express, and with the classifier inside, "train the head" is one su
 (`params/head/`) for linear probing, MP and MP+ alike. The `linear` head's parameters are
 `head/{kernel,bias}`, big_vision's classifier names, so a fine-tuned AugReg file loads
 whole. The class attribute `psrp` tells the ViT to add the PSRP adapters to its blocks
-(MP+), as `last_stage_stride` tells a ResNet its last stride.
+(MP+), as `last_stage_stride` tells a ResNet its last stride. `dropcov` names a CNN head
+in `HEADS` and DropCov's transformer head in `TOKEN_HEADS`; the backbone picks the registry.
 """
 from typing import ClassVar
 
@@ -179,23 +180,31 @@ class LinearTokenHead(nn.Module):
     return cls @ kernel + bias
 
 
+_MEAN_AXES = {"scalar": (1, 3), "channel": (1,)}
+
+
+def _remove_mean(groups, mean_removal: str):
+  """`[B, N, G, c]` -> float32, centred per sample and group: 'scalar' (the MP and DropCov
+  releases: one mean over all N x c entries) or 'channel' (a mean per channel over the N
+  tokens, a true covariance)."""
+  if mean_removal not in _MEAN_AXES:
+    raise ValueError(f"unknown mean_removal {mean_removal!r}; valid: scalar, channel")
+  x = groups.astype(jnp.float32)
+  return x - jnp.mean(x, axis=_MEAN_AXES[mean_removal], keepdims=True)
+
+
 def mp_cross_covariance(groups, mean_removal: str = "scalar"):
   """Moment Probing's second-order map (SPEC §4), float32.
 
   Args:
     groups: `[B, N, G, c]` tokens split into G channel groups (after the shared LayerNorm).
-    mean_removal: 'scalar' (the release: one mean per sample and group, over all N x c
-      entries) or 'channel' (a mean per channel over the N tokens, a true covariance).
+    mean_removal: 'scalar' (the release) or 'channel' (see `_remove_mean`).
 
   Returns:
     `[B, c, c, G - 1]`: C_i = h_i^T h_{i+1} / N for adjacent groups, each column
     (fixed second index) L2-normalised (eps 1e-12, as torch.nn.functional.normalize).
   """
-  x = groups.astype(jnp.float32)
-  axes = {"scalar": (1, 3), "channel": (1,)}
-  if mean_removal not in axes:
-    raise ValueError(f"unknown mean_removal {mean_removal!r}; valid: scalar, channel")
-  x = x - jnp.mean(x, axis=axes[mean_removal], keepdims=True)
+  x = _remove_mean(groups, mean_removal)
   cov = jnp.einsum("bnga,bngc->bacg", x[:, :, :-1], x[:, :, 1:],
                    precision=jax.lax.Precision.HIGHEST) / x.shape[1]
   norm = jnp.sqrt(jnp.sum(cov * cov, axis=1, keepdims=True))
@@ -245,8 +254,74 @@ class MPPlusHead(MPHead):
   psrp: ClassVar[bool] = True
 
 
+def head_cross_covariance(q, k, mean_removal: str = "scalar"):
+  """DropCov's multi-head cross-covariance of token projections (SPEC §4), float32.
+
+  Args:
+    q, k: `[B, N, G, c]`, G heads of c channels.
+    mean_removal: 'scalar' (the release: one mean per sample and head over all N x c
+      entries, for q and k separately) or 'channel' (see `_remove_mean`).
+
+  Returns:
+    `[B, G, c, c]`: C_g = q_g^T k_g / N, not normalised (the release's normalisation is an
+    identity).
+  """
+  q, k = _remove_mean(q, mean_removal), _remove_mean(k, mean_removal)
+  return jnp.einsum("bnga,bngc->bgac", q, k,
+                    precision=jax.lax.Precision.HIGHEST) / q.shape[1]
+
+
+class DropCovTokenHead(nn.Module):
+  """DropCov on a vision transformer (NeurIPS 2022, SPEC §4): tokens `[B, 1 + N, D]` ->
+  logits = Dense(cls) + Dense(flat), float32 throughout.
+
+  q, k = the first two of three chunks of `qkv` = Dense(D -> 3 * cov_heads * cov_head_dim,
+  no bias)(patch tokens), each split into `cov_heads` heads of `cov_head_dim` (DeiT-S:
+  6 x 24); the output columns are ordered (chunk, head, channel) as the release's
+  `reshape(B, N, 3, heads, dim)`. The third chunk is unused, as in the release; its columns
+  stay so that released weights load. Then `head_cross_covariance` (`mean_removal`) ->
+  `[B, G, c, c]`, flattened row-major (head, row, column): PyTorch's order, so the
+  release's `[K, G c^2]` weight is our `fc_cov` kernel transposed.
+
+  Training only, from the 'dropout' rng (as the release):
+    - token dropout (`token_drop`, 0.2): one keep / drop per (sample, token, head), shared
+      by q and k and the head's c channels, survivors x 1 / (1 - p). The release draws it
+      with `Dropout2d` on `[B * heads, N, c]`, i.e. independently per head (SPEC: "drops
+      whole tokens"), and multiplies q and k by the same mask, so a kept token's term in
+      q^T k carries 1 / (1 - p)^2. The mask is applied before mean removal.
+    - element dropout (`cov_drop`, 0.5) on C, survivors x 1 / (1 - p).
+  Initialisation as the release's `_init_weights`: every Dense kernel truncated normal
+  0.02, biases zero. Parameter names: qkv, fc_cls, fc_cov (the release's
+  representation.wr, cls_fc, visual_fc). DeiT-S, K = 1000: 4,007,888 parameters.
+  """
+  num_classes: int
+  cov_heads: int = 6
+  cov_head_dim: int = 24
+  token_drop: float = 0.2
+  cov_drop: float = 0.5
+  mean_removal: str = "scalar"
+  psrp: ClassVar[bool] = False
+
+  @nn.compact
+  def __call__(self, tokens, train: bool = False):
+    tokens = tokens.astype(jnp.float32)
+    cls, patches = tokens[:, 0], tokens[:, 1:]
+    b, n, _ = patches.shape
+    heads, dim = self.cov_heads, self.cov_head_dim
+    qkv = nn.Dense(3 * heads * dim, use_bias=False, kernel_init=_trunc02, name="qkv")(patches)
+    qk = qkv.reshape(b, n, 3, heads, dim)[:, :, :2]
+    # broadcast over the q/k axis and the channels: whole tokens, the same mask for q and k.
+    qk = nn.Dropout(self.token_drop, broadcast_dims=(2, 4), name="token_dropout")(
+        qk, deterministic=not train)
+    cov = head_cross_covariance(qk[:, :, 0], qk[:, :, 1], self.mean_removal)
+    cov = nn.Dropout(self.cov_drop, name="cov_dropout")(cov, deterministic=not train)
+    dense = lambda name: nn.Dense(self.num_classes, kernel_init=_trunc02, name=name)
+    return dense("fc_cls")(cls) + dense("fc_cov")(cov.reshape(b, -1))
+
+
 TOKEN_HEADS: dict[str, type[nn.Module]] = {
     "linear": LinearTokenHead,
     "mp": MPHead,
     "mp_plus": MPPlusHead,
+    "dropcov": DropCovTokenHead,
 }

@@ -7,7 +7,8 @@ Multiply-adds are counted two ways on the traced forward pass at the model's inp
 (padding positions included, elementwise ops excluded); `XLA GMACs` is half the flops of
 XLA's cost analysis of the compiled forward, which skips the products with padding zeros
 and adds the elementwise work. The iSQRT head is counted with its Newton-Schulz
-(matmul) evaluation.
+(matmul) evaluation. A second table gives the transformers' total and trained parameters
+(Moment Probing trains the head, and PSRP for MP+, of a frozen ViT).
 """
 import argparse
 import math
@@ -51,6 +52,20 @@ RELEASED = [
     ("VGG-16-BN iSQRT d=256", "vgg16_bn", "isqrt", 256, "", "", "73.45", "fast-MPN-COV"),
     ("MobileNetV2 iSQRT d=256", "mobilenet_v2", "isqrt", 256, "", "", "74.39",
      "GCP_Optimization"),
+]
+
+
+# Transformers with token heads (SPEC §4): (configuration, arch, head, trained parameters
+# (`config.trainable_params`), published trained params, published top-1 %, source). The
+# papers' counts omit MP's 768 -> 512 projection (393,728 parameters).
+TRANSFORMERS = [
+    ("ViT-B/16 linear probe", "vit_b16", "linear", "^head/", "0.77M", "82.04",
+     "Moment Probing"),
+    ("ViT-B/16 MP", "vit_b16", "mp", "^head/", "3.65M", "83.15", "Moment Probing"),
+    ("ViT-B/16 MP+", "vit_b16", "mp_plus", "^head/|/psrp/", "4.10M", "83.62",
+     "Moment Probing"),
+    ("ViT-B/16 full fine-tuning", "vit_b16", "linear", "", "86.57M", "83.58",
+     "Moment Probing"),
 ]
 
 
@@ -120,6 +135,30 @@ def card_row(entry: tuple, size: int = 224, with_xla: bool = True) -> dict:
       "published top-1": p_top1, "source": source}
 
 
+def transformer_row(entry: tuple, size: int = 224) -> dict:
+  """The model card line of one TRANSFORMERS entry (1000 classes, `size` px input)."""
+  from gcp.train import split_trainable
+  label, arch, head, trainable, p_trained, p_top1, source = entry
+  model = create_model(arch, head=head, num_classes=1000)
+  params = _abstract(model, size)[0]["params"]
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa
+  return {"configuration": label, "params": count(params),
+          "trained": count(split_trainable(params, trainable)[0]),
+          "GMACs": count_macs(model, size) / 1e9, "published trained params": p_trained,
+          "published top-1": p_top1, "source": source}
+
+
+def format_transformer_table(rows: list[dict]) -> str:
+  """A markdown table of `transformer_row` results."""
+  lines = ["| configuration | params | trained | GMACs | published trained params "
+           "| published top-1 (%) | source |", "|" + "---|" * 7]
+  for r in rows:
+    lines.append(f"| {r['configuration']} | {r['params']:,} | {r['trained']:,} | "
+                 f"{r['GMACs']:.2f} | {r['published trained params']} | "
+                 f"{r['published top-1']} | {r['source']} |")
+  return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
   """A markdown table of `card_row` results."""
   header = ("| configuration | params | GMACs | XLA GMACs | representation | published params "
@@ -140,6 +179,9 @@ def main():
   from tqdm import tqdm
   rows = [card_row(entry, args.size, not args.no_xla) for entry in tqdm(RELEASED, "models")]
   print(format_table(rows))
+  print()
+  print(format_transformer_table([transformer_row(e, args.size)
+                                  for e in tqdm(TRANSFORMERS, "transformers")]))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gcp import checkpoint, data, reporting
 from gcp import config as config_lib
-from gcp.models import create_model
+from gcp.data import mixup
+from gcp.models import VIDEO_ARCHS, create_model, video
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -38,6 +39,7 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any
   model_state: Any
   opt_state: Any
+  ema_params: Any = None  # EMA of the trained parameters (optim.ema_decay > 0), else None
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -54,10 +56,12 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
                            num_epochs: int, batch_size: int | None = None) -> optax.Schedule:
   """Per-step learning rate from a schedule written in epochs (SPEC §3).
 
-  `step`: multiply by `decay_factor` at each of `decay_epochs`; `cosine`: to 0 at the end;
-  `constant`; `poly`: lr * (1 - e / poly_epochs) ** poly_power in epoch e = 0, 1, ...
-  (GCP_Optimization's LRfast: 52, 11; LRadju: 49, 2). `warmup_epochs` of linear warmup
-  from 0 precede any of them. With `batch_size`, the rate follows `base_learning_rate`.
+  `step`: multiply by `decay_factor` at each of `decay_epochs`; `cosine`: to
+  `min_learning_rate` at the end, or `cooldown_epochs` before it and constant from there
+  (timm's cooldown); `constant`; `poly`: lr * (1 - e / poly_epochs) ** poly_power in epoch
+  e = 0, 1, ... (GCP_Optimization's LRfast: 52, 11; LRadju: 49, 2). `warmup_epochs` of
+  linear warmup from `warmup_init_lr` precede any of them. With `batch_size`, the rate
+  follows `base_learning_rate`.
   """
   lr = (optim.learning_rate if batch_size is None
         else base_learning_rate(optim, batch_size))
@@ -68,7 +72,9 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
         lr, {int(round(e * steps_per_epoch)) - warmup: optim.decay_factor
              for e in optim.decay_epochs})
   elif optim.schedule == "cosine":
-    main = optax.cosine_decay_schedule(lr, decay_steps=max(total - warmup, 1))
+    cooldown = int(round(optim.cooldown_epochs * steps_per_epoch))
+    main = optax.cosine_decay_schedule(lr, decay_steps=max(total - warmup - cooldown, 1),
+                                       alpha=optim.min_learning_rate / lr)
   elif optim.schedule == "constant":
     main = optax.constant_schedule(lr)
   elif optim.schedule == "poly":
@@ -80,12 +86,20 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
                      "valid: step, cosine, constant, poly")
   if not warmup:
     return main
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  return optax.join_schedules(
+      [optax.linear_schedule(optim.warmup_init_lr, lr, warmup), main], [warmup])
+
+
+# Matrices that are not weights: a ViT's class token and position embedding (timm's
+# `no_weight_decay`).
+_NOT_DECAYED = ("cls", "pos_embedding")
 
 
 def weight_decay_mask(params) -> Any:
-  """True for conv and dense kernels; BatchNorm scales/biases and biases are not decayed."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """True for conv and dense kernels; norm scales/biases, biases, and a ViT's class token
+  and position embedding are not decayed."""
+  return flax.traverse_util.path_aware_map(
+      lambda path, p: p.ndim > 1 and path[-1] not in _NOT_DECAYED, params)
 
 
 def classifier_mask(params) -> Any:
@@ -97,14 +111,68 @@ def classifier_mask(params) -> Any:
 
 def create_optimizer(optim: ml_collections.ConfigDict,
                      schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with momentum and coupled (PyTorch-style) weight decay on kernels only; the
-  classifier's step is `optim.classifier_lr_mult` times larger (fast-MPN-COV fine-tunes
-  with x5)."""
-  parts = [optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),
-           optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov)]
+  """`optim.optimizer` with weight decay on kernels only (`weight_decay_mask`):
+
+  - 'sgd': momentum (optionally Nesterov) with coupled (PyTorch-style) weight decay;
+  - 'adamw': Adam (0.9, 0.999, eps 1e-8) with decoupled decay lr * wd * p, as
+    torch.optim.AdamW (the DeiT / Moment Probing recipes).
+
+  With `grad_clip_norm` > 0 the gradient's global norm is clipped first (PyTorch's
+  clip_grad_norm_). The classifier's step is `classifier_lr_mult` times larger
+  (fast-MPN-COV fine-tunes with x5).
+  """
+  parts = [optax.clip_by_global_norm(optim.grad_clip_norm)] if optim.grad_clip_norm else []
+  if optim.optimizer == "sgd":
+    parts += [optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),
+              optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov)]
+  elif optim.optimizer == "adamw":
+    parts.append(optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8,
+                             weight_decay=optim.weight_decay, mask=weight_decay_mask))
+  else:
+    raise ValueError(f"unknown config.optim.optimizer {optim.optimizer!r}; valid: sgd, adamw")
   if optim.classifier_lr_mult != 1.0:
     parts.append(optax.masked(optax.scale(optim.classifier_lr_mult), classifier_mask))
   return optax.chain(*parts)
+
+
+# --------------------------------------------------------------------------- trainable
+
+def _flat(tree) -> dict:
+  return flax.traverse_util.flatten_dict(tree, sep="/")
+
+
+def _nested(flat: dict) -> dict:
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def split_trainable(params, pattern: str) -> tuple[dict, dict]:
+  """`(trainable, frozen)`: the parameters whose path (e.g. "head/fc_cls/kernel") matches
+  the regular expression `pattern` (`re.search`; "" matches all) and the others, as two
+  nested dicts of the same layout as `params`."""
+  flat = _flat(params)
+  if not pattern:
+    return params, {}
+  try:
+    regex = re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"config.trainable_params={pattern!r} is not a regular expression: "
+                     f"{e}") from None
+  trainable = {k: v for k, v in flat.items() if regex.search(k)}
+  if not trainable:
+    raise ValueError(f"config.trainable_params={pattern!r} matches no parameter; paths "
+                     f"look like {', '.join(list(flat)[:3])}, ...")
+  return _nested(trainable), _nested({k: v for k, v in flat.items() if k not in trainable})
+
+
+def with_params(params, replacement) -> dict:
+  """`params` with the leaves of `replacement` (a nested dict of some of its paths, e.g.
+  the trainable part or its EMA) put in their place."""
+  return _nested({**_flat(params), **_flat(replacement)})
+
+
+def ema_view(state: "TrainState") -> "TrainState":
+  """`state` evaluating its EMA parameters (frozen ones as they are)."""
+  return state.replace(params=with_params(state.params, state.ema_params))
 
 
 # --------------------------------------------------------------------------- steps
@@ -117,20 +185,28 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int,
-               mesh: jax.sharding.Mesh) -> TrainState:
-  """Fresh state, replicated over `mesh`. `image_shape` is one image's `(H, W, C)`."""
+               mesh: jax.sharding.Mesh, *, trainable: str = "",
+               ema: bool = False) -> TrainState:
+  """Fresh state, replicated over `mesh`. `image_shape` is one input's shape (`(H, W, C)`;
+  a video model's `(T, H, W, C)`). The optimizer state (and with `ema` the EMA) covers the
+  parameters matching `trainable` only (`split_trainable`)."""
   def init():
     variables = dict(model.init(jax.random.key(seed), jnp.zeros((1, *image_shape)),
                                 train=False))
     params = variables.pop("params")
+    train, _ = split_trainable(params, trainable)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                      opt_state=tx.init(params))
+                      opt_state=tx.init(train), ema_params=train if ema else None)
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
 
-def cross_entropy(logits, labels, label_smoothing: float = 0.0):
-  """Mean softmax cross-entropy with targets (1 - eps) * one_hot + eps / K."""
+def cross_entropy(logits, labels, label_smoothing: float = 0.0, mix=None):
+  """Per-example softmax cross-entropy `[b]` of `logits` `[b, K]` with targets
+  (1 - eps) * one_hot + eps / K of `labels` `[b]`; with a mixing matrix `mix` `[b, B]`
+  (mixup / cutmix), targets `mix @ targets(labels)` of the batch's B labels."""
   targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  if mix is not None:
+    targets = mix @ targets
   return optax.softmax_cross_entropy(logits, targets)
 
 
@@ -141,7 +217,9 @@ def _correct(logits, labels, k):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    label_smoothing: float, seed: int = 0, accum_steps: int = 1):
+                    label_smoothing: float, seed: int = 0, accum_steps: int = 1, *,
+                    trainable: str = "", ema_decay: float = 0.0, mixing: dict | None = None,
+                    aux_loss_weight: float = 0.5):
   """Jitted `(state, batch) -> (state, metrics)`; donates the input state.
 
   Metrics: `loss`, `top1`, `finite` (False if the loss or a gradient was NaN or inf: the
@@ -149,21 +227,41 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   sows into `intermediates` (e.g. DropCov's `drop_rate`). The `dropout` rng of step s is
   fold_in(key(seed), s), so a resumed run draws the same masks.
 
+  The loss is the softmax cross-entropy with label-smoothed targets, plus
+  `aux_loss_weight` times that of every auxiliary logits the model sows into the
+  `aux_logits` collection (AMS-Net's auxiliary head). Only the parameters matching
+  `trainable` (`split_trainable`) are differentiated and updated; `state.opt_state` must
+  cover exactly those (`init_state`). With `ema_decay`, `state.ema_params` follows them:
+  ema = d * ema + (1 - d) * params after each applied update.
+
+  `mixing`: keyword arguments of `gcp.data.mixup.mix_batch` (mixup_alpha, cutmix_alpha,
+  switch_prob): each batch's images and targets are mixed (timm's batch mode), drawn from
+  fold_in(key(seed + 1), step); top-1 is still scored against the original labels.
+
   `accum_steps` > 1 splits the batch into that many micro-batches (examples j, j + k, ...),
   run one after another, and applies their mean gradient once: the update of the whole
   batch at a fraction of the activation memory. BatchNorm normalises and updates its
   statistics per micro-batch, as PyTorch does with accumulation.
   """
-  base_key = jax.random.key(seed)
+  base_key, mix_key = jax.random.key(seed), jax.random.key(seed + 1)
 
-  def grads_and_metrics(params, model_state, batch, key):
-    def loss_fn(params):
+  def grads_and_metrics(train, frozen, model_state, batch, key, batch_labels):
+    # With mixing, the micro-batch's rows of the mixing matrix weight the whole batch's
+    # labels (`batch_labels`); without, each example has its own label.
+    labels, mix = ((batch_labels, batch["mix"]) if "mix" in batch
+                   else (batch["label"], None))
+
+    def loss_fn(train):
       logits, updates = model.apply(
-          {"params": params, **model_state}, batch["image"], train=True,
-          mutable=["batch_stats", "intermediates"], rngs={"dropout": key})
-      return cross_entropy(logits, batch["label"], label_smoothing).mean(), (logits, updates)
+          {"params": with_params(frozen, train), **model_state}, batch["image"], train=True,
+          mutable=["batch_stats", "intermediates", "aux_logits"], rngs={"dropout": key})
+      loss = cross_entropy(logits, labels, label_smoothing, mix).mean()
+      for aux in jax.tree.leaves(updates.pop("aux_logits", {})):
+        loss += aux_loss_weight * cross_entropy(aux.astype(jnp.float32), labels,
+                                                label_smoothing, mix).mean()
+      return loss, (logits, updates)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(train)
     sown = updates.pop("intermediates", {})
     metrics = {"loss": loss, "top1": _correct(logits, batch["label"], 1).mean()}
     for path, values in flax.traverse_util.flatten_dict(sown).items():
@@ -172,9 +270,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(base_key, state.step)
+    train, frozen = split_trainable(state.params, trainable)
+    if mixing:
+      # Mixing the identity gives the mixing matrix: targets mix as the images do.
+      eye = jnp.eye(batch["label"].shape[0], dtype=jnp.float32)
+      image, mix = mixup.mix_batch(jax.random.fold_in(mix_key, state.step), batch["image"],
+                                   eye, **mixing)
+      batch = {**batch, "image": image, "mix": mix}
     if accum_steps == 1:
-      grads, model_state, metrics = grads_and_metrics(state.params, state.model_state,
-                                                      batch, key)
+      grads, model_state, metrics = grads_and_metrics(
+          train, frozen, state.model_state, batch, key, batch["label"])
     else:
       micro = jax.tree.map(
           lambda x: jnp.moveaxis(x.reshape(x.shape[0] // accum_steps, accum_steps,
@@ -184,20 +289,24 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         grad_sum, model_state = carry
         index, micro_batch = inputs
         grads, model_state, metrics = grads_and_metrics(
-            state.params, model_state, micro_batch, jax.random.fold_in(key, index))
+            train, frozen, model_state, micro_batch, jax.random.fold_in(key, index),
+            batch["label"])
         return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
 
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      zeros = jax.tree.map(jnp.zeros_like, train)
       (grad_sum, model_state), metrics = jax.lax.scan(
           accumulate, (zeros, state.model_state), (jnp.arange(accum_steps), micro))
       grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
       metrics = jax.tree.map(jnp.mean, metrics)
     finite = jnp.isfinite(metrics["loss"]) & jnp.all(jnp.stack(
         [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    opt_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new = state.replace(step=state.step + 1,
-                        params=optax.apply_updates(state.params, opt_updates),
-                        model_state=model_state, opt_state=opt_state)
+    opt_updates, opt_state = tx.update(grads, state.opt_state, train)
+    train = optax.apply_updates(train, opt_updates)
+    ema = state.ema_params
+    if ema is not None:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, train)
+    new = state.replace(step=state.step + 1, params=with_params(frozen, train),
+                        model_state=model_state, opt_state=opt_state, ema_params=ema)
     # A non-finite step leaves parameters, statistics and optimizer state untouched.
     guarded = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     return guarded.replace(step=state.step + 1), {**metrics, "finite": finite}
@@ -207,12 +316,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 def make_eval_step(model: nn.Module, flip: bool = False):
   """Jitted `(state, batch) -> sums` of loss, top-1 and top-5 hits and count over the
   unmasked examples (padding carries mask False). `flip`: logits averaged over the image
-  and its horizontal mirror (fast-MPN-COV's fine-grained test). Images `[b, V, H, W, C]`
-  (several views per image, e.g. the `ten_crop` preprocessing op) are scored by their
-  views' mean logits."""
+  and its horizontal mirror (fast-MPN-COV's fine-grained test). Inputs with one more axis
+  than the model takes (`[b, V, H, W, C]` for images, e.g. from the `ten_crop`
+  preprocessing op; `[b, V, T, H, W, C]` for a video model, whose `input_rank` is 5) are
+  V views per example, scored by their views' mean logits."""
+  input_rank = getattr(model, "input_rank", 4)
+
   def eval_step(state: TrainState, batch):
     def logits_of(images):
-      if images.ndim == 5:
+      if images.ndim == input_rank + 1:
         views = model.apply({"params": state.params, **state.model_state},
                             images.reshape(-1, *images.shape[2:]), train=False)
         return views.reshape(*images.shape[:2], -1).mean(axis=1)
@@ -245,6 +357,16 @@ def evaluate(eval_step, state: TrainState, batches, mesh) -> dict:
   n = int(sums["count"])
   return {"eval_loss": float(sums["loss"]) / n, "eval_top1": float(sums["top1"]) / n,
           "eval_top5": float(sums["top5"]) / n, "eval_examples": n}
+
+
+def evaluate_with_ema(eval_step, state: TrainState, batches, mesh) -> dict:
+  """`evaluate` on the batches `batches()` yields, and if the state has an EMA also with
+  the EMA parameters, reported as `ema_eval_top1`, `ema_eval_top5`, `ema_eval_loss`."""
+  results = evaluate(eval_step, state, batches(), mesh)
+  if state.ema_params is not None:
+    ema = evaluate(eval_step, ema_view(state), batches(), mesh)
+    results.update({f"ema_{k}": v for k, v in ema.items() if k != "eval_examples"})
+  return results
 
 
 # --------------------------------------------------------------------------- the run
@@ -287,19 +409,31 @@ def _check_same_architecture(saved: dict, spec: dict, workdir: str) -> None:
         "to resume it. Nothing was written.")
 
 
-def initialise_from(state: TrainState, source: str, dont_load: str = "") -> TrainState:
+def initialise_from(state: TrainState, source: str, dont_load: str = "",
+                    arch: str | None = None) -> TrainState:
   """`state` with its variables taken from the checkpoint at `source` (fine-tuning), except
   those whose path matches `dont_load`; the optimizer state stays fresh. Stops with a
-  report if the checkpoint does not fit the model (`checkpoint.merge_pretrained`)."""
+  report if the checkpoint does not fit the model (`checkpoint.merge_pretrained`).
+
+  A video model (`arch` in `VIDEO_ARCHS`) initialised from an image model's checkpoint
+  takes its backbone only (`gcp.models.video.inflate_image_variables`: TSN's ImageNet
+  initialisation, conv1 repeated for snippets).
+  """
   fresh = {"params": state.params, **state.model_state}
-  merged, kept = checkpoint.merge_pretrained(fresh, checkpoint.load_variables(source),
-                                             dont_load)
+  loaded = checkpoint.load_variables(source)
+  if arch in VIDEO_ARCHS and checkpoint.load_model_spec(source)["arch"] not in VIDEO_ARCHS:
+    merged = video.inflate_image_variables(jax.device_get(loaded), fresh)
+  else:
+    merged, kept = checkpoint.merge_pretrained(fresh, loaded, dont_load)
+    reporting.info(f"Initialised {len(jax.tree.leaves(fresh)) - len(kept)} variables from "
+                   f"{source}" + (f"; kept fresh: {', '.join(kept)}" if kept else ""))
   merged = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), merged, fresh)
-  loaded = len(jax.tree.leaves(fresh)) - len(kept)
-  reporting.info(f"Initialised {loaded} variables from {source}" +
-                 (f"; kept fresh: {', '.join(kept)}" if kept else ""))
   params = merged.pop("params")
-  return state.replace(params=params, model_state=merged)
+  ema = state.ema_params
+  if ema is not None:  # the EMA starts from the loaded parameters
+    flat = _flat(params)
+    ema = _nested({path: flat[path] for path in _flat(ema)})
+  return state.replace(params=params, model_state=merged, ema_params=ema)
 
 
 def _eval_kwargs(config: ml_collections.ConfigDict) -> dict:
@@ -313,13 +447,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   """Scores a checkpoint on `config.data.eval_split`: every image, top-1 and top-5.
 
   The checkpoint is `config.init_from` if set (e.g. a converted release model), else the
-  latest in `workdir`; the network is the one saved with it. The result (with the
+  latest in `workdir`; the network is the one saved with it. A checkpoint with an EMA
+  (`optim.ema_decay`) is scored with both parameter sets (`ema_eval_*`). The result (with the
   checkpoint and split) is returned and written to `workdir/eval_<split>.json`.
   """
   config_lib.validate(config)
   source = config.init_from or workdir
   spec = checkpoint.load_model_spec(source)
-  variables = checkpoint.load_variables(source)
+  saved = checkpoint.load_state(source)
+  variables, ema = {"params": saved["params"], **saved["model_state"]}, saved.get("ema_params")
   dc = config.data
   builder = data.load_builder(dc.name, dc.data_dir)
   found = data.num_classes(builder, dc.label_key)
@@ -328,15 +464,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
                      f"but {dc.name!r} has {found}")
   _check_divisible("eval_batch_size", config.eval_batch_size)
   mesh = make_mesh()
-  variables = jax.device_put(variables, NamedSharding(mesh, P()))
+  variables, ema = jax.device_put((variables, ema), NamedSharding(mesh, P()))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables.pop("params"),
-                     model_state=variables, opt_state=None)
+                     model_state=variables, opt_state=None, ema_params=ema)
   eval_step = make_eval_step(create_model(**spec), config.eval_flip)
-  batches = data.eval_batches(builder, **_eval_kwargs(config))
   total = data.num_eval_batches(builder, dc.eval_split, config.eval_batch_size //
                                 jax.process_count())
-  bar = reporting.progress_bar(total, 0, desc=f"eval {spec['arch']}+{spec['head']}")
-  results = evaluate(eval_step, state, _counted(batches, bar), mesh)
+  bar = reporting.progress_bar(total * (1 if ema is None else 2), 0,
+                               desc=f"eval {spec['arch']}+{spec['head']}")
+  results = evaluate_with_ema(
+      eval_step, state,
+      lambda: _counted(data.eval_batches(builder, **_eval_kwargs(config)), bar), mesh)
   bar.close()
   results = {"checkpoint": os.path.abspath(source), "split": dc.eval_split,
              "flip": config.eval_flip, **results}
@@ -456,25 +594,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_kw = dict(split=dc.train_split, pp=dc.train_pp, image_key=dc.image_key,
                   label_key=dc.label_key, per_host_batch=per_host_batch, seed=config.seed,
                   shuffle_buffer=dc.shuffle_buffer, prefetch=dc.prefetch)
-  eval_kw = _eval_kwargs(config)
+  eval_batches = lambda: data.eval_batches(builder, **_eval_kwargs(config))  # noqa: E731
   image_shape = data.image_shape(builder, dc.train_split, dc.train_pp, dc.image_key)
-  state = init_state(model, tx, image_shape, config.seed, mesh)
+  ema_decay = config.optim.ema_decay
+  state = init_state(model, tx, image_shape, config.seed, mesh,
+                     trainable=config.trainable_params, ema=ema_decay > 0)
   if start_step:
     state = ckpt.restore(state)
     reporting.info(f"Resumed from step {start_step} in {workdir}")
   elif config.init_from:
-    state = initialise_from(state, config.init_from, config.init_dont_load)
+    state = initialise_from(state, config.init_from, config.init_dont_load, spec["arch"])
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  reporting.info(f"{spec['arch']} + {spec['head']} head: {n_params:,} parameters; "
-                 f"{steps_per_epoch} steps/epoch x {config.num_epochs} epochs on "
-                 f"{jax.device_count()} device(s)")
+  n_train = sum(x.size for x in jax.tree.leaves(
+      split_trainable(state.params, config.trainable_params)[0]))
+  reporting.info(f"{spec['arch']} + {spec['head']} head: {n_params:,} parameters, "
+                 f"{n_train:,} trained; {steps_per_epoch} steps/epoch x "
+                 f"{config.num_epochs} epochs on {jax.device_count()} device(s)")
 
-  train_step = make_train_step(model, tx, config.optim.label_smoothing, config.seed,
-                               config.optim.grad_accum_steps)
+  mixing = (dict(mixup_alpha=dc.mixup_alpha, cutmix_alpha=dc.cutmix_alpha,
+                 switch_prob=dc.mix_switch_prob)
+            if dc.mixup_alpha > 0 or dc.cutmix_alpha > 0 else None)
+  train_step = make_train_step(
+      model, tx, config.optim.label_smoothing, config.seed, config.optim.grad_accum_steps,
+      trainable=config.trainable_params, ema_decay=ema_decay, mixing=mixing,
+      aux_loss_weight=config.optim.aux_loss_weight)
   eval_step = make_eval_step(model, config.eval_flip)
   log = reporting.MetricLog(workdir, resume_step=start_step)
   bar = reporting.progress_bar(total_steps, start_step, desc=f"{spec['arch']}+{spec['head']}")
@@ -521,11 +668,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  "train_top1": float(np.mean([m["top1"] for m in epoch_metrics]))}
         if guard.skipped:
           final["skipped_steps"] = guard.skipped
-        final.update(evaluate(eval_step, state, data.eval_batches(builder, **eval_kw), mesh))
+        final.update(evaluate_with_ema(eval_step, state, eval_batches, mesh))
+        ema = (f", EMA top-1 {100 * final['ema_eval_top1']:.2f}%"
+               if "ema_eval_top1" in final else "")
         reporting.info(
             f"epoch {epoch + 1}/{config.num_epochs}: train loss {final['train_loss']:.4f}, "
             f"eval top-1 {100 * final['eval_top1']:.2f}%, top-5 "
-            f"{100 * final['eval_top5']:.2f}% ({final['eval_examples']} images)")
+            f"{100 * final['eval_top5']:.2f}%{ema} ({final['eval_examples']} images)")
         log.write(step, final)
         ckpt.save(step, state, spec, metrics=final)
   finally:
@@ -537,5 +686,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     reporting.plot_curves(log.path, os.path.join(workdir, "curves.png"),
                           title=f"{spec['arch']} + {spec['head']} on {dc.name}")
   if not final:  # already trained: report the checkpoint's accuracy
-    final = evaluate(eval_step, state, data.eval_batches(builder, **eval_kw), mesh)
+    final = evaluate_with_ema(eval_step, state, eval_batches, mesh)
   return {"step": step, **final}

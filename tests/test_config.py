@@ -6,6 +6,7 @@ import re
 import pytest
 
 from gcp import config as config_lib
+from gcp.data import preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,6 +22,16 @@ CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
                       if f.endswith(".py"))
 
 
+def check_preprocessing(data):
+  """Every op of the preprocessing strings exists and takes its arguments (a video
+  store's strings start with a frame-sampling op, gcp.data.video)."""
+  for pp in (data.train_pp, data.eval_pp):
+    if data.name.startswith("frames:"):
+      sampling, _, pp = pp.partition("|")
+      assert preprocess.parse_op(sampling)[0] in ("random_segments", "center_segments")
+    preprocess.build(pp)
+
+
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_shipped_configs_are_valid(name):
   """Every setting a recipe's docstring lists (with its published number) builds a valid
@@ -32,6 +43,7 @@ def test_shipped_configs_are_valid(name):
     if setting != "setting":
       config = module.get_config(setting)
       config_lib.validate(config)
+      check_preprocessing(config.data)
       assert re.search(r"\d\d\.\d|none|no number", target), (setting, target)
   if settings:
     with pytest.raises(ValueError, match="unknown setting 'nope'; valid: "):

@@ -31,3 +31,21 @@ def test_card_row_and_table():
   assert 0.9 < row["XLA GMACs"] / row["GMACs"] <= 1.0  # XLA skips products with padding
   table = model_info.format_table([row])
   assert "| ResNet-18 iSQRT d=128 | 19,499,304 |" in table and "74.64" in table
+
+
+def test_transformer_rows_count_trained_parameters():
+  """SPEC §4: MP head 4,047,146; PSRP 442,368 over 12 blocks; the papers' 3.65 M / 4.10 M
+  omit the 768 x 512 + 512 projection; ViT-B/16 with a linear head is 86.57 M."""
+  rows = {e[0]: model_info.transformer_row(e) for e in model_info.TRANSFORMERS}
+  projection = 768 * 512 + 512
+  assert rows["ViT-B/16 linear probe"]["trained"] == 768 * 1000 + 1000
+  assert rows["ViT-B/16 MP"]["trained"] == 4_047_146
+  assert rows["ViT-B/16 MP"]["trained"] - projection == 3_653_418          # "3.65M"
+  assert rows["ViT-B/16 MP+"]["trained"] == 4_047_146 + 442_368
+  assert rows["ViT-B/16 MP+"]["trained"] - projection == 4_095_786         # "4.10M"
+  full = rows["ViT-B/16 full fine-tuning"]
+  assert full["trained"] == full["params"] == 86_567_656                   # "86.57M"
+  assert 17.0 < full["GMACs"] < 17.8  # ViT-B/16 at 224: 17.6 G multiply-adds (timm / fvcore)
+  table = model_info.format_transformer_table(list(rows.values()))
+  # The frozen backbone (86,567,656 - 769,000 classifier parameters) plus the MP head.
+  assert "| ViT-B/16 MP | 89,845,802 | 4,047,146 |" in table and "83.15" in table

@@ -1,7 +1,6 @@
 """train_and_evaluate end to end, exact resume, multi-device equivalence, bad input."""
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess

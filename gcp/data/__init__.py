@@ -1,4 +1,4 @@
-"""Data: TFDS builders, image folders and the tf.data input pipeline."""
+"""Data: TFDS builders, image folders, video frame stores and the tf.data input pipeline."""
 from absl import logging
 import tensorflow as tf
 
@@ -12,5 +12,5 @@ except (RuntimeError, ValueError) as e:
 
 from gcp.data import mnist5k  # noqa: E402,F401  (registers the embedded TFDS builder)
 from gcp.data.pipeline import (  # noqa: E402
-    FOLDER_PREFIX, eval_batches, image_shape, load_builder, num_classes, num_eval_batches,
-    num_examples, steps_per_epoch, train_batches)
+    FOLDER_PREFIX, FRAMES_PREFIX, eval_batches, image_shape, load_builder, num_classes,
+    num_eval_batches, num_examples, steps_per_epoch, train_batches)

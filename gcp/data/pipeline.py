@@ -6,7 +6,10 @@ reproducible per epoch.
   the official tars: `gcp.data.imagenet`), or any TFDS classification set
   (`caltech_birds2011`, `cars196`, `stanford_dogs`, `oxford_flowers102`, ...) whose image
   and label features are named by `config.data.image_key` / `label_key`;
-- `folder:/path/to/dir`: a folder in the ImageFolder layout (`gcp.data.folder`).
+- `folder:/path/to/dir`: a folder in the ImageFolder layout (`gcp.data.folder`);
+- `frames:/path/to/dir`: videos as frame folders (`gcp.data.video`), whose examples are
+  clips `[T, H, W, C]` (`[V, T, H, W, C]` with several test views) sampled by the first op
+  of the preprocessing string (`random_segments(8)|...`).
 
 Images are read encoded (`tfds.decode.SkipDecoding`) and decoded by the preprocessing chain,
 whose first op may be fused with decoding (`inception_crop`: only the crop window of a JPEG
@@ -27,9 +30,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from gcp.data import preprocess
+from gcp.data import preprocess, video
 
 FOLDER_PREFIX = "folder:"
+FRAMES_PREFIX = "frames:"
 TFDS_LAYOUT = """\
 {data_dir}/
 ├── downloads/manual/     files to download by hand (ImageNet: the two official tars)
@@ -40,7 +44,8 @@ TFDS_LAYOUT = """\
 def load_builder(name: str, data_dir: str | None = None, *, manual_dir: str | None = None,
                  folder_max_direct: int | None = None):
   """The data set `name`: a TFDS builder, prepared in `data_dir` (by process 0) if it is
-  not yet, or for `folder:/path` a `gcp.data.folder` source.
+  not yet, for `folder:/path` a `gcp.data.folder` source, for `frames:/path` a
+  `gcp.data.video.FrameSource` (`data_dir` unused).
 
   `manual_dir`: where TFDS finds manually downloaded files (the ImageNet tars); default
   `<data_dir>/downloads/manual`. `folder_max_direct`: largest folder read directly (default
@@ -56,6 +61,8 @@ def load_builder(name: str, data_dir: str | None = None, *, manual_dir: str | No
     from gcp.data import folder
     kwargs = {} if folder_max_direct is None else {"max_direct": folder_max_direct}
     return folder.load(name[len(FOLDER_PREFIX):], data_dir, **kwargs)
+  if name.startswith(FRAMES_PREFIX):
+    return video.load(name[len(FRAMES_PREFIX):])
   if data_dir is not None and not os.path.isdir(data_dir):
     raise FileNotFoundError(
         f"data directory {data_dir!r} does not exist: create it (TFDS prepares data sets "
@@ -116,7 +123,7 @@ def _read(builder, split: str, *, shuffle_seed: int | None, image_key: str,
   Returns the dataset and the stored image shape `(H, W, C)` (None: images come decoded).
   """
   host_split = tfds.split_for_jax_process(split)
-  if not _is_tfds(builder):  # gcp.data.folder.FolderSource
+  if not _is_tfds(builder):  # gcp.data.folder.FolderSource, gcp.data.video.FrameSource
     if image_key != "image" or label_key not in ("label", None):
       raise ValueError(f"{builder.name} has the features 'image' and 'label': set "
                        "config.data.image_key='image' and config.data.label_key='label'")
@@ -139,6 +146,20 @@ def _read(builder, split: str, *, shuffle_seed: int | None, image_key: str,
   return ds, (image.shape if encoded else None)
 
 
+def _preprocessing(builder, pp: str, stored):
+  """`pp` for the images of `builder` (a `preprocess.Preprocess`), or for a frame store's
+  clips (a `video.ClipPreprocess`, the same interface)."""
+  if isinstance(builder, video.FrameSource):
+    return builder.preprocessing(pp)
+  return preprocess.build(pp, stored)
+
+
+def _is_encoded(ds) -> bool:
+  """Whether `ds`'s images need `decode`: encoded bytes, or a video (its frame files)."""
+  spec = ds.element_spec[0]
+  return not isinstance(spec, tf.TensorSpec) or spec.dtype == tf.string
+
+
 def _decoded(ds, pre: preprocess.Preprocess, seed_fn, encoded: bool):
   """`(index, image, label)` -> `(index, uint8 image, label)`; undecodable images dropped."""
   if not encoded:
@@ -156,9 +177,10 @@ def _finished(ds, pre: preprocess.Preprocess, seed_fn, encoded: bool):
 
 
 def image_shape(builder, split: str, pp: str, image_key: str = "image") -> tuple[int, ...]:
-  """Shape `(H, W, C)` of one image of `split` after preprocessing `pp`."""
+  """Shape `(H, W, C)` of one image of `split` after preprocessing `pp` (a frame store's
+  clip: `(T, H, W, C)`, or `(V, T, H, W, C)` with several views)."""
   ds, stored = _read(builder, split, shuffle_seed=None, image_key=image_key, label_key=None)
-  fn = preprocess.build(pp, stored)
+  fn = _preprocessing(builder, pp, stored)
   ds = ds.map(lambda image, label: fn(image, tf.zeros([2], tf.int64)))
   if not ds.element_spec.shape.is_fully_defined():
     raise ValueError(f"preprocessing {pp!r} must end in a fixed image size "
@@ -208,8 +230,8 @@ def train_batches(builder, *, split: str, pp: str, per_host_batch: int, seed: in
   steps = steps_per_epoch(builder, split, per_host_batch)
   ds, stored = _read(builder, split, shuffle_seed=epoch_seed, image_key=image_key,
                      label_key=label_key)
-  pre = preprocess.build(pp, stored)
-  encoded = ds.element_spec[0].dtype == tf.string
+  pre = _preprocessing(builder, pp, stored)
+  encoded = _is_encoded(ds)
   seed_fn = lambda i: tf.stack([tf.cast(epoch_seed, tf.int64), i])  # noqa: E731
   ds = ds.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
   # A second pass in the same order only feeds the last batches if images were dropped.
@@ -242,8 +264,8 @@ def eval_batches(builder, *, split: str, pp: str, per_host_batch: int,
   """
   ds, stored = _read(builder, split, shuffle_seed=None, image_key=image_key,
                      label_key=label_key)
-  pre = preprocess.build(pp, stored)
-  encoded = ds.element_spec[0].dtype == tf.string
+  pre = _preprocessing(builder, pp, stored)
+  encoded = _is_encoded(ds)
   seed_fn = lambda i: tf.zeros([2], tf.int64)  # noqa: E731
   ds = ds.enumerate().map(lambda i, ex: (i, ex[0], ex[1]))
   ds = _finished(_decoded(ds, pre, seed_fn, encoded), pre, seed_fn, encoded)

@@ -19,10 +19,13 @@ from typing import Callable
 
 import tensorflow as tf
 
+from gcp.data import randaugment
+
 _OPS: dict[str, Callable] = {}
 _MEAN_STD = {  # in 0-255 units
     "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255),
                  (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+    "inception": ((127.5,) * 3, (127.5,) * 3),  # to [-1, 1]: AugReg ViTs (timm's 0.5, 0.5)
 }
 
 
@@ -136,9 +139,44 @@ def ten_crop(size: int):
 
 
 @_op
+def three_crop(size: int):
+  """The 3-crop test view `[3, size, size, C]` of video models (TSN / TSM at 256, after
+  `resize_shorter(size)`): `size` x `size` crops at the start, centre and end of the
+  longer side (left, centre, right; top, centre, bottom if portrait), centred on the
+  other."""
+  def fn(image, seed):
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    wide = w >= h
+    y, x = (h - size) // 2, (w - size) // 2
+    corners = [(tf.where(wide, y, 0), tf.where(wide, 0, x)), (y, x),
+               (tf.where(wide, y, h - size), tf.where(wide, w - size, x))]
+    return tf.stack([tf.image.crop_to_bounding_box(image, y, x, size, size)
+                     for y, x in corners])
+  return fn
+
+
+@_op
 def flip_lr():
   """Horizontal flip with probability 1/2."""
   return lambda image, seed: tf.image.stateless_random_flip_left_right(image, seed)
+
+
+@_op
+def randaug(num_layers: int = 2, magnitude: float = 9, mstd: float = 0.5, *,
+            fill=randaugment.IMG_MEAN, interpolation: str = "bicubic"):
+  """timm's RandAugment `rand-m{magnitude}-n{num_layers}-mstd{mstd}-inc1`, on 0-255 images
+  (before `normalize`); `fill` is timm's img_mean (the default is ImageNet's; (128, 128,
+  128) for `normalize('inception')`). See `gcp.data.randaugment.RandAugment`."""
+  return randaugment.RandAugment(num_layers, magnitude, mstd, fill=fill,
+                                 interpolation=interpolation)
+
+
+@_op
+def random_erase(prob: float = 0.25, min_area: float = 0.02, max_area: float = 1 / 3,
+                 min_aspect: float = 0.3):
+  """timm's RandomErasing(prob, mode='pixel'): a box of N(0, 1) noise, after `normalize`.
+  See `gcp.data.randaugment.RandomErasing`."""
+  return randaugment.RandomErasing(prob, min_area, max_area, min_aspect)
 
 
 @_op
@@ -164,7 +202,9 @@ def normalize(mean="imagenet", std=None):
   return fn
 
 
-def _parse(op: str) -> Callable:
+def parse_op(op: str) -> tuple[str, list, dict]:
+  """One op of a preprocessing string, `name` or `name(literal args)`, as (name, args,
+  kwargs); also parses `gcp.data.video`'s frame-sampling ops."""
   try:
     node = ast.parse(op.strip(), mode="eval").body
     if isinstance(node, ast.Name):
@@ -178,6 +218,11 @@ def _parse(op: str) -> Callable:
   except (SyntaxError, ValueError):
     raise ValueError(f"cannot parse preprocessing op {op!r}: write name or "
                      f"name(literal args), e.g. 'random_crop(28, pad=2)'") from None
+  return name, args, kwargs
+
+
+def _parse(op: str) -> Callable:
+  name, args, kwargs = parse_op(op)
   if name not in _OPS:
     raise ValueError(f"unknown preprocessing op {name!r}; available: {sorted(_OPS)}")
   return _OPS[name](*args, **kwargs)

@@ -4,6 +4,8 @@ The module is called as `model.apply(variables, images_nhwc, train=...)` and ret
 float32 logits `[B, num_classes]`. Every CNN backbone takes every head of
 `gcp.heads.HEADS` and ends in its classifier `fc`; every ViT (`VIT_ARCHS`) takes every
 head of `gcp.heads.TOKEN_HEADS`, which holds the classifier itself (see `gcp.heads`).
+Video models (`VIDEO_ARCHS`) take clips `[B, T, H, W, C]` (their class attribute
+`input_rank` is 5) and every head of `gcp.models.video.VIDEO_HEADS`.
 """
 import dataclasses
 import functools
@@ -16,6 +18,7 @@ from gcp.layers import INITS
 from gcp.models.mobilenet import MobileNetV2
 from gcp.models.resnet import STAGE_SIZES, VARIANTS, ResNet
 from gcp.models.vgg import VGG
+from gcp.models.video import VIDEO_HEADS, VideoResNet
 from gcp.models.vit import VIT_SIZES, ViT
 
 # name -> (backbone constructor, the initialisation its release trained with)
@@ -25,6 +28,12 @@ _BACKBONES = {
     "vgg16_bn": (VGG, "torchvision"),
     "mobilenet_v2": (MobileNetV2, "torchvision"),
 }
+# TSN-style video ResNets (Bottleneck depths): AMS-Net, AMS-Net*, TSN and TCP are options
+# and heads of these (see gcp.models.video).
+_VIDEO = {f"tsn_{name}": (functools.partial(VideoResNet, stage_sizes=stages), "mindspore")
+          for name, (stages, block) in STAGE_SIZES.items() if block.expansion == 4}
+VIDEO_ARCHS = tuple(_VIDEO)
+_BACKBONES.update(_VIDEO)
 _VITS = {name: functools.partial(ViT, patch_size=p, width=w, depth=d, num_heads=h,
                                   mlp_dim=m)
          for name, (p, w, d, h, m) in VIT_SIZES.items()}
@@ -48,37 +57,47 @@ def _check(kind: str, value, valid) -> None:
     raise ValueError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")
 
 
+def _heads(arch: str) -> dict[str, type[nn.Module]]:
+  """The head registry an architecture takes."""
+  return TOKEN_HEADS if arch in _VITS else VIDEO_HEADS if arch in _VIDEO else HEADS
+
+
 def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int | None = None,
                  dtype: str = "float32", init_scheme: str | None = None,
                  **options) -> nn.Module:
   """Builds a backbone ending in a registered pooling head and its classifier.
 
   Args:
-    arch: one of `ARCHS`: a CNN, or a ViT of `VIT_ARCHS` ('vit_s16', 'vit_b16',
-      'deit_t16', 'deit_s16', 'vit_test').
+    arch: one of `ARCHS`: a CNN, a ViT of `VIT_ARCHS` ('vit_s16', 'vit_b16',
+      'deit_t16', 'deit_s16', 'vit_test') or a video model of `VIDEO_ARCHS`
+      ('tsn_resnet50', 'tsn_resnet101', 'tsn_resnet152').
     head: one of `gcp.heads.HEADS` for CNNs, of `gcp.heads.TOKEN_HEADS` ('linear', 'mp',
-      'mp_plus') for ViTs.
+      'mp_plus') for ViTs, of `gcp.models.video.VIDEO_HEADS` ('gap', 'cstp', 'tcp') for
+      video models.
     num_classes: classifier outputs.
     reduction_dim: channels of the head's 1x1 reduction block (None or 0: none); used by
-      the second-order heads.
+      the second-order heads (the tcp head's last reduction; None: TCPNet's 128).
     dtype: backbone compute dtype; second-order parts always run in float32.
     init_scheme: `gcp.layers.INITS` key; None: the one the backbone's release trained with
       ('mindspore' for ResNets, 'torchvision' for VGG and MobileNetV2).
     **options: backbone attributes (ResNet `width`, `small_input`, `variant`; VGG `width`,
       `hidden`, `dropout`; MobileNetV2 `width_mult`, `dropout`) and head attributes
-      (`num_iters`, `isqrt_method`, `alpha`, `sketch_dim`); ViT `drop_path`, `psrp_rank`,
+      (`num_iters`, `isqrt_method`, `alpha`, `sketch_dim`); video `cptm`, `cptm_fusion`,
+      `snippet_frames`, `dropout`, tcp head `inner_dim`, `num_iters` (TCPNet: 3),
+      `isqrt_method`; ViT `drop_path`, `psrp_rank`,
       `approximate_gelu` and token-head `proj_dim`, `num_groups`, `mean_removal`. An
       option that only other backbones or heads take is ignored, so one config serves
       every combination; a name none of them knows is an error. ViTs ignore
       `reduction_dim` and `init_scheme` (they initialise as big_vision).
   """
   _check("arch", arch, ARCHS)
-  _check("head", head, tuple(TOKEN_HEADS) if arch in _VITS else tuple(HEADS))
+  _check("head", head, tuple(_heads(arch)))
   _check("dtype", dtype, DTYPES)
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
   known = set().union(*(_fields(b) for b, _ in _BACKBONES.values()),
                       *(_fields(h) for h in HEADS.values()),
+                      *(_fields(h) for h in VIDEO_HEADS.values()),
                       *(_fields(b) - _VIT_SHAPE for b in _VITS.values()),
                       *(_fields(h) for h in TOKEN_HEADS.values()))
   unknown = sorted(set(options) - known)
@@ -98,14 +117,17 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
     raise ValueError(f"unknown variant {options['variant']!r}; valid variants: "
                      f"{', '.join(VARIANTS)}")
 
-  head_cls, backbone_fields = HEADS[head], _fields(backbone)
+  head_cls, backbone_fields = _heads(arch)[head], _fields(backbone)
   head_fields = {f.name for f in dataclasses.fields(head_cls)}
   head_kwargs = {k: v for k, v in options.items() if k in head_fields}
-  # The head follows its backbone's conventions where it has the attribute.
+  # The head follows its backbone's conventions where it has the attribute; without a
+  # reduction_dim it keeps its own default.
   conventions = {
-      "reduction_dim": reduction_dim, "dtype": jnp.dtype(dtype), "init_scheme": init_scheme,
+      "dtype": jnp.dtype(dtype), "init_scheme": init_scheme,
       "bn_eps": 1e-4 if options.get("variant") == "mindspore" else 1e-5,
       "reduction_relu6": arch == "mobilenet_v2"}
+  if reduction_dim is not None:
+    conventions["reduction_dim"] = reduction_dim
   head_kwargs.update({k: v for k, v in conventions.items() if k in head_fields})
   return backbone(head=head_cls(**head_kwargs), num_classes=num_classes,
                   dtype=jnp.dtype(dtype), init_scheme=init_scheme,

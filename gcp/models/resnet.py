@@ -3,7 +3,7 @@
 Parameter names follow torchvision (conv1, bn1, layer{i}_{j}/conv1, .../downsample_conv,
 fc) so that checkpoint conversion is a name map.
 """
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -97,29 +97,47 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"ResNet expects NHWC RGB images [B, H, W, 3], got shape {x.shape}")
-    mindspore = self.variant == "mindspore"
-    bottleneck = self.block is Bottleneck
-    padding = "same" if mindspore and bottleneck else "symmetric"
-    block_eps = 1e-4 if mindspore else 1e-5
-    edge_eps = 1e-4 if mindspore and bottleneck else 1e-5  # stem and downsample BNs
-    x = x.astype(self.dtype)
-    kernel, strides = (3, 1) if self.small_input else (7, 2)
-    x = conv(self.width, kernel, strides, name="conv1", dtype=self.dtype, padding=padding,
-             init=self.init_scheme)(x)
-    x = nn.relu(batch_norm(train, name="bn1", dtype=self.dtype, epsilon=edge_eps)(x))
-    if not self.small_input:
-      x = max_pool_3x3_s2(x, padding)
-    for i, num_blocks in enumerate(self.stage_sizes):
-      stage_stride = 1 if i == 0 else 2
-      if i == len(self.stage_sizes) - 1:
-        stage_stride = min(stage_stride, type(self.head).last_stage_stride)
-      for j in range(num_blocks):
-        x = self.block(self.width * 2**i, strides=stage_stride if j == 0 else 1,
-                       dtype=self.dtype, padding=padding, bn_eps=block_eps,
-                       downsample_eps=edge_eps, init_scheme=self.init_scheme,
-                       name=f"layer{i + 1}_{j}")(x, train)
+    x = stem_and_stages(x, train, stage_sizes=self.stage_sizes, block=self.block,
+                        width=self.width, small_input=self.small_input, dtype=self.dtype,
+                        variant=self.variant, init_scheme=self.init_scheme,
+                        last_stage_stride=type(self.head).last_stage_stride)[-1]
     x = self.head(x, train=train)
     return dense(self.num_classes, name="fc", init=self.init_scheme)(x)
+
+
+def stem_and_stages(x, train: bool, *, stage_sizes: Sequence[int], block: type[nn.Module],
+                    width: int, small_input: bool, dtype: jnp.dtype, variant: str,
+                    init_scheme: str, last_stage_stride: int,
+                    after_stage: Callable | None = None) -> list:
+  """A ResNet's stem and stages on images `[N, H, W, C]`, built inside the calling module's
+  compact method with the names `conv1`, `bn1`, `layer{i}_{j}` (so image and video models
+  share parameter trees). Returns every stage's output; `after_stage(i, y)` may replace
+  stage i's output (0-based) before the next stage (AMS-Net's CPTM blocks)."""
+  mindspore = variant == "mindspore"
+  bottleneck = block is Bottleneck
+  padding = "same" if mindspore and bottleneck else "symmetric"
+  block_eps = 1e-4 if mindspore else 1e-5
+  edge_eps = 1e-4 if mindspore and bottleneck else 1e-5  # stem and downsample BNs
+  x = x.astype(dtype)
+  kernel, strides = (3, 1) if small_input else (7, 2)
+  x = conv(width, kernel, strides, name="conv1", dtype=dtype, padding=padding,
+           init=init_scheme)(x)
+  x = nn.relu(batch_norm(train, name="bn1", dtype=dtype, epsilon=edge_eps)(x))
+  if not small_input:
+    x = max_pool_3x3_s2(x, padding)
+  outputs = []
+  for i, num_blocks in enumerate(stage_sizes):
+    stage_stride = 1 if i == 0 else 2
+    if i == len(stage_sizes) - 1:
+      stage_stride = min(stage_stride, last_stage_stride)
+    for j in range(num_blocks):
+      x = block(width * 2**i, strides=stage_stride if j == 0 else 1, dtype=dtype,
+                padding=padding, bn_eps=block_eps, downsample_eps=edge_eps,
+                init_scheme=init_scheme, name=f"layer{i + 1}_{j}")(x, train)
+    if after_stage is not None:
+      x = after_stage(i, x)
+    outputs.append(x)
+  return outputs
 
 
 STAGE_SIZES = {

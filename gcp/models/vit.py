@@ -12,6 +12,12 @@ our parameter names with "/":
   Transformer/encoder_norm
   head/...                                     the token head (`gcp.heads.TOKEN_HEADS`)
 
+With `stem="conv"` (the DropCov release's DeiT-S, SPEC §4) `embedding` is replaced by
+`conv_stem/...` (`ConvTokenStem`, with BatchNorm statistics in `batch_stats`) and the
+position embedding is the fixed sinusoidal table (`sinusoid_posemb`, not a parameter).
+The release's DeiT-S blocks differ in two more ways that are not reproduced here: qkv
+without bias and LayerNorm eps 1e-5 (PyTorch's default).
+
 The class token is prepended before the position embedding is added (the AugReg layout,
 not big_vision's later "posemb before cls" one). Token heads take the normalised tokens
 `[B, 1 + N, D]` and return logits: the classifier is part of the head (see `gcp.heads`).
@@ -28,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gcp.layers import batch_norm, max_pool_3x3_s2
+
 # arch -> (patch, width, depth, heads, mlp_dim). DeiT-S has ViT-S's shape.
 VIT_SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "vit_s16": (16, 384, 12, 6, 1536),
@@ -37,6 +45,7 @@ VIT_SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "vit_test": (8, 32, 2, 2, 64),  # a tiny ViT for tests: 32 px images -> 4 x 4 patches
 }
 LN_EPS = 1e-6
+STEMS = ("patch", "conv")
 _xavier = nn.initializers.xavier_uniform()
 
 
@@ -78,6 +87,114 @@ def resample_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
   grid = grid[:, lo] * (1 - w[None]) + grid[:, hi] * w[None]
   out = np.concatenate([posemb[0, :1], grid.reshape(new * new, -1).astype(posemb.dtype)])
   return out[None]
+
+
+def sinusoid_posemb(num_tokens: int, width: int) -> np.ndarray:
+  """The fixed position embedding `[1, num_tokens, width]` float32 of the DropCov / SoT
+  releases (`get_sinusoid_encoding`): angle(p, j) = p / 10000^(2 floor(j / 2) / width),
+  sin at even j, cos at odd j; token 0 is the class token. Computed in float64."""
+  pos = np.arange(num_tokens, dtype=np.float64)[:, None]
+  j = np.arange(width)
+  angle = pos / np.power(10000.0, 2 * (j // 2) / width)
+  table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
+  return table[None].astype(np.float32)
+
+
+def _torch_default_init(fan_in: int):
+  """PyTorch's default conv / linear init (weight and bias): U(-1/sqrt(fan_in), ...)."""
+  bound = 1 / np.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype,
+                                                                 -bound, bound)
+
+
+class DenseLayer(nn.Module):
+  """DenseNet-BC layer (timm's `DenseLayer`): BN -> ReLU -> conv 1x1 (bn_size * growth)
+  -> BN -> ReLU -> conv 3x3 (growth), all convs without bias; returns the new features."""
+  growth: int
+  bn_size: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    bn = lambda name: batch_norm(train, name=name, dtype=self.dtype)
+    conv = lambda features, k, fan_in, name: nn.Conv(
+        features, (k, k), padding=((k // 2, k // 2),) * 2, use_bias=False, dtype=self.dtype,
+        kernel_init=_torch_default_init(fan_in), name=name)
+    hidden = self.bn_size * self.growth
+    y = conv(hidden, 1, x.shape[-1], "conv1")(nn.relu(bn("norm1")(x)))
+    return conv(self.growth, 3, 9 * hidden, "conv2")(nn.relu(bn("norm2")(y)))
+
+
+class DenseBlock(nn.Module):
+  """`layers` `DenseLayer`s, each fed the concatenation of the input and all earlier
+  layers' outputs: C -> C + layers * growth channels (input first, as timm's)."""
+  layers: int
+  growth: int
+  bn_size: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for j in range(self.layers):
+      y = DenseLayer(self.growth, self.bn_size, dtype=self.dtype, name=f"layer_{j}")(x, train)
+      x = jnp.concatenate([x, y], axis=-1)
+    return x
+
+
+class Transition(nn.Module):
+  """BN -> conv 1x1 (no bias) -> avg-pool 2x2 / 2. No ReLU: the release's own
+  `DenseTransition`, unlike DenseNet's."""
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = batch_norm(train, name="norm", dtype=self.dtype)(x)
+    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
+                kernel_init=_torch_default_init(x.shape[-1]), name="conv")(x)
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class ConvTokenStem(nn.Module):
+  """The DropCov release's convolutional token stem for DeiT (SPEC §4; SoT's
+  `DenseNetStyleModule` with token_dim 64, large_output False, which the release's
+  `TokenEmbed` config selects): images `[B, H, W, 3]` -> token map `[B, H/16, W/16, width]`.
+
+    conv 3x3 / 1 pad 1 (3 -> 64, bias) -> max-pool 3x3 / 2 pad 1   (no BN or ReLU here)
+    3 x [`DenseBlock` (6 layers, growth 16, bn_size 2: 64 or 128 -> +96 channels)
+         -> `Transition` (-> 128 channels, /2)]
+    conv 1x1 (128 -> width, bias)
+  224 px: 224 -> 112 -> 56 -> 28 -> 14, i.e. 196 tokens, ordered row-major (h, w) as the
+  release's NCHW flatten. Not reproduced: the release drops the last avg-pool when built
+  for 112 px images (to keep 14 x 14 tokens); here the stem always downsamples by 16.
+  BatchNorm: PyTorch's eps 1e-5 and momentum 0.1. Convs are initialised as PyTorch's
+  default (the release re-initialises only Linear and LayerNorm layers).
+
+  Parameter names: conv, dense_{i}/layer_{j}/{norm1, conv1, norm2, conv2},
+  transition_{i}/{norm, conv}, proj; in the release visual_tokens.tokens.stem.0,
+  stage.{2i}.denselayer{j+1}.*, stage.{2i+1}.*, transition.
+  """
+  width: int
+  token_dim: int = 64
+  growth: int = 16
+  layers: int = 6
+  bn_size: int = 2
+  transition_dim: int = 128
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    init = _torch_default_init(9 * x.shape[-1])
+    x = nn.Conv(self.token_dim, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                kernel_init=init, bias_init=init, name="conv")(x)
+    x = max_pool_3x3_s2(x)
+    for i in range(3):
+      x = DenseBlock(self.layers, self.growth, self.bn_size, dtype=self.dtype,
+                     name=f"dense_{i}")(x, train)
+      x = Transition(self.transition_dim, dtype=self.dtype, name=f"transition_{i}")(x, train)
+    init = _torch_default_init(self.transition_dim)
+    return nn.Conv(self.width, (1, 1), dtype=self.dtype, kernel_init=init, bias_init=init,
+                   name="proj")(x)
 
 
 class MlpBlock(nn.Module):
@@ -167,15 +284,18 @@ class Encoder1DBlock(nn.Module):
 class ViT(nn.Module):
   """ViT backbone ending in a token head (which holds the classifier).
 
-  Input `[B, H, W, 3]` images, H and W multiples of `patch_size`; output `[B, K]` float32
-  logits from `head`. The position embedding is created for the grid of the images the
-  model is initialised with; for another resolution resample it
-  (`gcp.convert.vit.resample_variables`, or at load time).
+  Input `[B, H, W, 3]` images, H and W multiples of `patch_size` (of 16 for the conv
+  stem); output `[B, K]` float32 logits from `head`. The learned position embedding is
+  created for the grid of the images the model is initialised with; for another
+  resolution resample it (`gcp.convert.vit.resample_variables`, or at load time).
 
   Attributes:
     head: a module from `gcp.heads.TOKEN_HEADS`; its class attribute `psrp` switches the
       PSRP adapters on in every block (MP+).
     patch_size, width, depth, num_heads, mlp_dim: the architecture (`VIT_SIZES`).
+    stem: 'patch' (a p x p / p conv `embedding` and a learned position embedding, ViT /
+      DeiT / AugReg) or 'conv' (`ConvTokenStem` and the fixed `sinusoid_posemb`, the
+      DropCov release's DeiT-S; `patch_size` is then unused).
     drop_path: stochastic depth of the last block; block i uses drop_path * i / (depth - 1)
       (timm's linear rule). Randomness comes only from the 'dropout' rng.
     psrp_rank: hidden width of the PSRP adapters (16 in MP+).
@@ -188,6 +308,7 @@ class ViT(nn.Module):
   depth: int = 12
   num_heads: int = 12
   mlp_dim: int = 3072
+  stem: str = "patch"
   drop_path: float = 0.0
   psrp_rank: int = 16
   dtype: jnp.dtype = jnp.float32
@@ -197,11 +318,18 @@ class ViT(nn.Module):
     """Images -> normalised tokens `[B, 1 + N, D]` (float32). Call from a compact method."""
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"ViT expects NHWC RGB images [B, H, W, 3], got shape {x.shape}")
-    p = self.patch_size
+    if self.stem not in STEMS:
+      raise ValueError(f"unknown stem {self.stem!r}; valid stems: {', '.join(STEMS)}")
+    p = self.patch_size if self.stem == "patch" else 16
     if x.shape[1] % p or x.shape[2] % p:
-      raise ValueError(f"image size {x.shape[1:3]} is not a multiple of the patch size {p}")
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                name="embedding")(x.astype(self.dtype))
+      what = f"the patch size {p}" if self.stem == "patch" else "16, the conv stem's stride"
+      raise ValueError(f"image size {x.shape[1:3]} is not a multiple of {what}")
+    x = x.astype(self.dtype)
+    if self.stem == "patch":
+      x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                  name="embedding")(x)
+    else:
+      x = ConvTokenStem(self.width, dtype=self.dtype, name="conv_stem")(x, train)
     b, h, w, c = x.shape
     x = x.reshape(b, h * w, c).astype(jnp.float32)
     cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
@@ -209,6 +337,7 @@ class ViT(nn.Module):
     psrp = getattr(type(self.head), "psrp", False)
     return Encoder(depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                    drop_path=self.drop_path, psrp_rank=self.psrp_rank if psrp else 0,
+                   posemb="learned" if self.stem == "patch" else "sinusoidal",
                    dtype=self.dtype, approximate_gelu=self.approximate_gelu,
                    name="Transformer")(x, train)
 
@@ -233,18 +362,27 @@ class PosEmbed(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Position embedding, the blocks and the final LayerNorm (big_vision's `Transformer`)."""
+  """Position embedding, the blocks and the final LayerNorm (big_vision's `Transformer`).
+
+  `posemb`: 'learned' (`PosEmbed`) or 'sinusoidal' (`sinusoid_posemb`, no parameter).
+  """
   depth: int
   num_heads: int
   mlp_dim: int
   drop_path: float = 0.0
   psrp_rank: int = 0
+  posemb: str = "learned"
   dtype: jnp.dtype = jnp.float32
   approximate_gelu: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = PosEmbed(name="posembed_input")(x)
+    if self.posemb == "learned":
+      x = PosEmbed(name="posembed_input")(x)
+    elif self.posemb == "sinusoidal":
+      x = x + sinusoid_posemb(x.shape[1], x.shape[2])
+    else:
+      raise ValueError(f"unknown posemb {self.posemb!r}; valid: learned, sinusoidal")
     for i in range(self.depth):
       rate = self.drop_path * i / max(self.depth - 1, 1)
       x = Encoder1DBlock(self.num_heads, self.mlp_dim, drop_path=rate,

@@ -1,7 +1,10 @@
-"""Tiny encoded images for the data tests (TF encodes them; nothing is downloaded)."""
+"""Tiny encoded images and videos for the data tests (written here; nothing is downloaded)."""
 import numpy as np
 import pytest
 import tensorflow as tf
+
+# Fixtures of the synthetic video data set (tests/references/moving_squares.py).
+from references.moving_squares import frame_store, moving_squares  # noqa: F401
 
 
 class Images:
