@@ -1,22 +1,54 @@
-"""A video model through train_and_evaluate: the synthetic moving-squares frame store,
-TSN segment sampling, AMS-Net (CPTM + CSTP with its auxiliary loss) initialised from an
-image ResNet-50 checkpoint, and 2 clips x 3 crops evaluation."""
+"""Video through the training loop: the synthetic moving-squares frame store, TSN segment
+sampling, AMS-Net (CPTM + CSTP with its auxiliary loss) initialised from an image ResNet,
+training steps, and 2 clips x 3 crops evaluation of every video."""
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from gcp import checkpoint, train
+from gcp import checkpoint, data, train
 from gcp.config import base_config
-from gcp.models import create_model
+from gcp.heads import GAPHead
+from gcp.models import create_model, video
+from gcp.models.resnet import Bottleneck, ResNet
 from references.moving_squares import frame_store, moving_squares  # noqa: F401
 
+TRAIN_PP = "random_segments(2)|inception_crop(32)|flip_lr|normalize('imagenet')"
+EVAL_PP = "center_segments(2, clips=2)|resize_shorter(32)|three_crop(32)|normalize('imagenet')"
 
-# ~1-3 min of compiling a ResNet-50 video network for 8 devices. Its parts run by default:
-# the frame store, sampling and views (tests/data/test_video.py), the models, auxiliary
-# head and inflation (tests/models/test_video.py), the auxiliary loss, multi-view clip
-# evaluation and gradient clipping (tests/test_train_recipes.py).
+
+def test_frame_store_clips_train_and_every_view_is_scored(frame_store):  # noqa: F811
+  """The library functions train_and_evaluate calls, on one device with a one-block-per-
+  stage AMS-Net (compiles in seconds; the full loop is the slow test below)."""
+  builder = data.load_builder(f"frames:{frame_store.root}")
+  shape = data.image_shape(builder, "train", TRAIN_PP)
+  assert shape == (2, 32, 32, 3)
+  stages = (1, 1, 1, 1)
+  model = video.VideoResNet(stages, head=video.CSTPHead(), num_classes=2, width=4, cptm=True)
+  mesh, tx = train.make_mesh(jax.devices()[:1]), optax.sgd(0.05, momentum=0.9)
+  state = train.init_state(model, tx, shape, 0, mesh)
+  image = ResNet(stages, Bottleneck, head=GAPHead(), num_classes=3, width=4)
+  inflated = video.inflate_image_variables(
+      image.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3))),
+      {"params": state.params, **state.model_state})
+  state = state.replace(params=inflated.pop("params"), model_state=inflated)
+  step = train.make_train_step(model, tx, 0.1, aux_loss_weight=0.5)
+  for batch in data.train_batches(builder, split="train", pp=TRAIN_PP, per_host_batch=4,
+                                  seed=0, epoch=0, shuffle_buffer=8):
+    assert batch["image"].shape == (4, *shape)
+    state, metrics = step(state, train.shard_batch(batch, mesh))
+    assert bool(metrics["finite"])
+  assert int(state.step) == 2  # 8 training videos
+  batches = list(data.eval_batches(builder, split="val", pp=EVAL_PP, per_host_batch=4))
+  assert batches[0]["image"].shape == (4, 6, *shape)  # 2 clips x 3 crops
+  result = train.evaluate(train.make_eval_step(model), state, batches, mesh)
+  assert result["eval_examples"] == 5 and np.isfinite(result["eval_loss"])
+
+
+# ~1-3 min of compiling a ResNet-50 video network for 8 devices; the test above covers the
+# same path with a smaller network, init_from and checkpoints are the image models' code.
 @pytest.mark.slow
 def test_ams_net_trains_from_an_image_checkpoint_and_scores_every_view(frame_store,  # noqa: F811
                                                                         tmp_path):
@@ -27,9 +59,7 @@ def test_ams_net_trains_from_an_image_checkpoint_and_scores_every_view(frame_sto
   c = base_config()
   c.data.name = f"frames:{frame_store.root}"
   c.data.train_split, c.data.eval_split = "train", "val"
-  c.data.train_pp = "random_segments(2)|inception_crop(32)|flip_lr|normalize('imagenet')"
-  c.data.eval_pp = ("center_segments(2, clips=2)|resize_shorter(32)|three_crop(32)|"
-                    "normalize('imagenet')")
+  c.data.train_pp, c.data.eval_pp = TRAIN_PP, EVAL_PP
   c.model.arch, c.model.head, c.model.cptm, c.model.width = "tsn_resnet50", "cstp", True, 4
   c.model.init_scheme = "torchvision"
   c.init_from = str(tmp_path / "image")

@@ -72,7 +72,7 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
       'deit_t16', 'deit_s16', 'vit_test') or a video model of `VIDEO_ARCHS`
       ('tsn_resnet50', 'tsn_resnet101', 'tsn_resnet152').
     head: one of `gcp.heads.HEADS` for CNNs, of `gcp.heads.TOKEN_HEADS` ('linear', 'mp',
-      'mp_plus') for ViTs, of `gcp.models.video.VIDEO_HEADS` ('gap', 'cstp', 'tcp') for
+      'mp_plus', 'dropcov') for ViTs, of `gcp.models.video.VIDEO_HEADS` ('gap', 'cstp', 'tcp') for
       video models.
     num_classes: classifier outputs.
     reduction_dim: channels of the head's 1x1 reduction block (None or 0: none); used by
@@ -84,8 +84,10 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
       `hidden`, `dropout`; MobileNetV2 `width_mult`, `dropout`) and head attributes
       (`num_iters`, `isqrt_method`, `alpha`, `sketch_dim`); video `cptm`, `cptm_fusion`,
       `snippet_frames`, `dropout`, tcp head `inner_dim`, `num_iters` (TCPNet: 3),
-      `isqrt_method`; ViT `drop_path`, `psrp_rank`,
-      `approximate_gelu` and token-head `proj_dim`, `num_groups`, `mean_removal`. An
+      `isqrt_method`; ViT `stem` ('patch' | 'conv': DropCov's DeiT-S token stem),
+      `drop_path`, `psrp_rank`, `approximate_gelu`; token-head `proj_dim`, `num_groups`,
+      `mean_removal` (mp) and `cov_heads`, `cov_head_dim`, `token_drop`, `cov_drop`
+      (dropcov). An
       option that only other backbones or heads take is ignored, so one config serves
       every combination; a name none of them knows is an error. ViTs ignore
       `reduction_dim` and `init_scheme` (they initialise as big_vision).
