@@ -26,7 +26,9 @@ setup(
     ],
     extras_require={
         # torch runs the PyTorch port of the release that the operators are tested against.
-        "test": ["pytest>=8", "torch==2.13.0", "av>=12"],
+        # nbclient, nbformat and ipykernel execute the notebooks (tests/test_notebooks.py).
+        "test": ["pytest>=8", "torch==2.13.0", "av>=12", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6.29"],
         # PyAV decodes video files into frame stores (python -m gcp.data.video decode).
         "video": ["av>=12"],
         "cuda": ["jax[cuda12]"],

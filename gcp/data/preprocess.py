@@ -19,7 +19,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from gcp.data import randaugment
+from gcp.data import corruptions, randaugment
 
 _OPS: dict[str, Callable] = {}
 _MEAN_STD = {  # in 0-255 units
@@ -177,6 +177,13 @@ def random_erase(prob: float = 0.25, min_area: float = 0.02, max_area: float = 1
   """timm's RandomErasing(prob, mode='pixel'): a box of N(0, 1) noise, after `normalize`.
   See `gcp.data.randaugment.RandomErasing`."""
   return randaugment.RandomErasing(prob, min_area, max_area, min_aspect)
+
+
+@_op
+def corrupt(name: str, severity: int):
+  """ImageNet-C-style corruption `name` at `severity` 1-5 (`gcp.data.corruptions`), on
+  fixed-size 0-255 images: after the crop or resize, before `normalize`."""
+  return corruptions.corruption(name, severity)
 
 
 @_op
