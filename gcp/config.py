@@ -115,6 +115,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = _optional(int)  # None: at the end of every epoch only
   c.keep_checkpoints = 3            # the latest N, plus the best by eval top-1
   c.nan_policy = "stop"             # non-finite loss or gradient: stop | skip the update
+  # Every k steps (0: never) log the loss landscape along the gradient at the head's input
+  # on the current batch (gcp.analysis.landscape): loss range, gradient change, norm.
+  c.landscape_every_steps = 0
+  c.landscape_etas = (-64.0, -16.0, 0.0, 16.0, 64.0)
   return c
 
 

@@ -623,6 +623,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       trainable=config.trainable_params, ema_decay=ema_decay, mixing=mixing,
       aux_loss_weight=config.optim.aux_loss_weight)
   eval_step = make_eval_step(model, config.eval_flip)
+  landscape = None
+  if config.landscape_every_steps:
+    from gcp.analysis.landscape import TrainingLandscape  # gcp.analysis builds on this module
+    landscape = TrainingLandscape(model, config.landscape_etas,
+                                  label_smoothing=config.optim.label_smoothing)
   log = reporting.MetricLog(workdir, resume_step=start_step)
   bar = reporting.progress_bar(total_steps, start_step, desc=f"{spec['arch']}+{spec['head']}")
   guard = _FiniteGuard(config.nan_policy, ckpt)
@@ -635,7 +640,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         for batch in data.train_batches(builder, epoch=epoch,
                                         start_step=step - epoch * steps_per_epoch,
                                         **train_kw):
-          state, metrics = train_step(state, shard_batch(batch, mesh))
+          batch = shard_batch(batch, mesh)
+          if landscape and step % config.landscape_every_steps == 0:
+            # Before the step, which donates the state.
+            log.write(step, landscape(state.params, state.model_state, batch))
+          state, metrics = train_step(state, batch)
           epoch_metrics.append(metrics)
           step += 1
           guard.add(step, metrics)

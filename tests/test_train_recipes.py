@@ -1,6 +1,8 @@
 """The training loop's transformer-recipe components (SPEC §4): AdamW, warmup + cosine to a
 minimum with cooldown, trainable-parameter selection, EMA, mixed targets, auxiliary losses,
 and a ViT with Moment Probing+ trained and evaluated end to end."""
+import os
+
 import flax
 import flax.linen as nn
 import jax
@@ -9,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from gcp import checkpoint, train
+from gcp import checkpoint, reporting, train
 from gcp.config import base_config
 from gcp.models import create_model
 
@@ -185,9 +187,15 @@ def test_moment_probing_plus_run_trains_only_the_head_and_psrp(data_dir, tmp_pat
   o.schedule, o.warmup_epochs, o.warmup_init_lr, o.min_learning_rate = "cosine", 1, 1e-6, 1e-6
   o.ema_decay = 0.5
   c.batch_size, c.eval_batch_size, c.num_epochs, c.log_every_steps = 16, 16, 1, 2
+  c.landscape_every_steps, c.landscape_etas = 2, (-1.0, 0.0, 1.0)
   workdir = str(tmp_path / "mp_plus")
   result = train.train_and_evaluate(c, workdir)
   assert np.isfinite(result["train_loss"]) and 0 <= result["ema_eval_top1"] <= 1
+  # The landscape along the gradient was logged before steps 0 and 2 (gcp.analysis).
+  logged = [m for m in reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+            if "landscape_grad_norm" in m]
+  assert [m["step"] for m in logged] == [0, 2]
+  assert all(m["landscape_grad_norm"] > 0 and m["landscape_loss_range"] >= 0 for m in logged)
 
   saved = checkpoint.load_state(workdir)
   model = create_model(**checkpoint.load_model_spec(workdir))
