@@ -137,7 +137,29 @@ def features(class_names: list[str], file_name: bool = False) -> tfds.features.F
   return tfds.features.FeaturesDict(spec)
 
 
-class FolderSource:
+class SplitSource:
+  """What a data source read from its own files shares: `name`, `_split_infos` (split ->
+  `tfds.core.SplitInfo`) set by the subclass, and TFDS split slicing (`train[:10%]`,
+  `tfds.split_for_jax_process`) over them. `SPLITS` says where the splits come from."""
+  SPLITS = "its splits"
+
+  def _slices(self, split) -> list[tuple[str, int, int]]:
+    if not hasattr(split, "to_absolute"):
+      split = tfds.core.ReadInstruction.from_spec(split)
+    try:
+      instructions = split.to_absolute(self._split_infos)
+    except ValueError as e:
+      raise ValueError(f"{self.name}: {e} (the splits are {self.SPLITS}: "
+                       f"{', '.join(self._split_infos)})") from None
+    return [(a.splitname, a.from_ or 0,
+             self._split_infos[a.splitname].num_examples if a.to is None else a.to)
+            for a in instructions]
+
+  def num_examples(self, split) -> int:
+    return sum(end - start for _, start, end in self._slices(split))
+
+
+class FolderSource(SplitSource):
   """A small image folder read directly from its files, in place of a TFDS builder.
 
   `gcp.data.pipeline` reads it through `num_examples(split)`, `read(split, shuffle_seed=)`
@@ -145,6 +167,7 @@ class FolderSource:
   """
 
   image_shape = (None, None, 3)
+  SPLITS = "its top-level folders"
 
   def __init__(self, listing: Listing):
     self.root = listing.root
@@ -159,20 +182,6 @@ class FolderSource:
         for split, (paths, _) in self._files.items()}
     self.info = types.SimpleNamespace(name=self.name, features=features(listing.class_names),
                                       splits=self._split_infos)
-
-  def _slices(self, split) -> list[tuple[str, int, int]]:
-    if not hasattr(split, "to_absolute"):
-      split = tfds.core.ReadInstruction.from_spec(split)
-    try:
-      instructions = split.to_absolute(self._split_infos)
-    except ValueError as e:
-      raise ValueError(f"{self.name}: {e} (the splits are its top-level folders)") from None
-    return [(a.splitname, a.from_ or 0,
-             self._split_infos[a.splitname].num_examples if a.to is None else a.to)
-            for a in instructions]
-
-  def num_examples(self, split) -> int:
-    return sum(end - start for _, start, end in self._slices(split))
 
   def read(self, split, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """`{"image": encoded bytes, "label": int32}` of `split`; in a random order fixed by

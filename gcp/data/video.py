@@ -79,6 +79,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from gcp.data import preprocess
+from gcp.data.folder import SplitSource
 
 FRAMES_DIR = "frames"
 CLASSES_FILE = "category.txt"
@@ -291,7 +292,7 @@ def scan(root: str) -> tuple[str, FrameNames, list[str], dict[str, VideoList]]:
   return frames_root, names, classes, splits
 
 
-class FrameSource:
+class FrameSource(SplitSource):
   """A frame store read directly from its files, in place of a TFDS builder.
 
   `gcp.data.pipeline` reads it through `num_examples(split)`, `read(split, shuffle_seed=)`,
@@ -300,6 +301,7 @@ class FrameSource:
   """
 
   image_shape = (None, None, 3)  # a stored frame
+  SPLITS = f"its lists <split>{LIST_SUFFIX}"
 
   def __init__(self, root: str):
     self.root = root
@@ -314,20 +316,6 @@ class FrameSource:
     self.info = types.SimpleNamespace(name=self.name, features=features,
                                       splits=self._split_infos)
 
-  def _slices(self, split) -> list[tuple[str, int, int]]:
-    if not hasattr(split, "to_absolute"):
-      split = tfds.core.ReadInstruction.from_spec(split)
-    try:
-      instructions = split.to_absolute(self._split_infos)
-    except ValueError as e:
-      raise ValueError(f"{self.name}: {e} (the splits are its lists <split>{LIST_SUFFIX}: "
-                       f"{', '.join(self._split_infos)})") from None
-    return [(a.splitname, a.from_ or 0,
-             self._split_infos[a.splitname].num_examples if a.to is None else a.to)
-            for a in instructions]
-
-  def num_examples(self, split) -> int:
-    return sum(end - start for _, start, end in self._slices(split))
 
   def read(self, split, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """`{"image": {"dir": the video's folder, "num_frames": int32}, "label": int32}` of
