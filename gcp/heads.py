@@ -2,9 +2,10 @@
 
 Each head is a Flax module registered in `HEADS` under the name configs use; a new head is
 one module plus one registry line. Second-order heads share an optional reduction block
-(1x1 conv, BN, ReLU to `reduction_dim`; None or 0: off) and compute in float32. The class
-attribute `last_stage_stride` tells a ResNet whether to keep the last stage's downsampling
-(GAP) or drop it (second-order heads want 14x14 at 224 px, SPEC §2).
+(1x1 conv, BN, ReLU to `reduction_dim`; None or 0: off, computed in the head's `dtype`)
+and pool in at least float32 (`ops.upcast`). The class attribute `last_stage_stride` tells
+a ResNet whether to keep the last stage's downsampling (GAP) or drop it (second-order heads
+want 14x14 at 224 px, SPEC §2).
 
 Token heads (`TOKEN_HEADS`, for `gcp.models.vit`) are a separate registry because their
 contract differs: they take a ViT's normalised tokens `[B, 1 + N, D]` (class token first)
@@ -17,6 +18,10 @@ the head can express, and with the classifier inside, "train the head" is one su
 whole. The class attribute `psrp` tells the ViT to add the PSRP adapters to its blocks
 (MP+), as `last_stage_stride` tells a ResNet its last stride. `dropcov` names a CNN head
 in `HEADS` and DropCov's transformer head in `TOKEN_HEADS`; the backbone picks the registry.
+
+float64 (with `jax_enable_x64`) is honoured: a float64 input is computed in float64
+throughout, sublayers included (`ops.compute_dtype`), and gives float64 outputs (for float64
+gradient checks); parameters keep their param dtype (float32).
 """
 from typing import ClassVar
 
@@ -39,7 +44,7 @@ class GAPHead(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return jnp.mean(ops.upcast(x), axis=(1, 2))
 
 
 class _SecondOrderHead(nn.Module):
@@ -59,7 +64,8 @@ class _SecondOrderHead(nn.Module):
     """`[B, H, W, C]` -> `[B, H*W, d]`, d = reduction_dim (C when off). Call from a
     compact method."""
     if self.reduction_dim:
-      x = ReductionBlock(self.reduction_dim, dtype=self.dtype, bn_eps=self.bn_eps,
+      dtype = ops.compute_dtype(x.dtype, self.dtype)  # float64 input: float64 sublayers
+      x = ReductionBlock(self.reduction_dim, dtype=dtype, bn_eps=self.bn_eps,
                          relu6=self.reduction_relu6, init_scheme=self.init_scheme,
                          name="reduce")(x, train)
     b, h, w, c = x.shape
@@ -174,9 +180,11 @@ class LinearTokenHead(nn.Module):
   @nn.compact
   def __call__(self, tokens, train: bool = False):
     del train
-    cls = tokens[:, 0].astype(jnp.float32)
-    kernel = self.param("kernel", nn.initializers.zeros, (cls.shape[-1], self.num_classes))
-    bias = self.param("bias", nn.initializers.zeros, (self.num_classes,))
+    cls = ops.upcast(tokens[:, 0])
+    # float32 parameters even under jax_enable_x64 (zeros' default dtype is then float64).
+    kernel = self.param("kernel", nn.initializers.zeros, (cls.shape[-1], self.num_classes),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.num_classes,), jnp.float32)
     return cls @ kernel + bias
 
 
@@ -184,17 +192,17 @@ _MEAN_AXES = {"scalar": (1, 3), "channel": (1,)}
 
 
 def _remove_mean(groups, mean_removal: str):
-  """`[B, N, G, c]` -> float32, centred per sample and group: 'scalar' (the MP and DropCov
-  releases: one mean over all N x c entries) or 'channel' (a mean per channel over the N
-  tokens, a true covariance)."""
+  """`[B, N, G, c]` -> at least float32, centred per sample and group: 'scalar' (the MP and
+  DropCov releases: one mean over all N x c entries) or 'channel' (a mean per channel over
+  the N tokens, a true covariance)."""
   if mean_removal not in _MEAN_AXES:
     raise ValueError(f"unknown mean_removal {mean_removal!r}; valid: scalar, channel")
-  x = groups.astype(jnp.float32)
+  x = ops.upcast(groups)
   return x - jnp.mean(x, axis=_MEAN_AXES[mean_removal], keepdims=True)
 
 
 def mp_cross_covariance(groups, mean_removal: str = "scalar"):
-  """Moment Probing's second-order map (SPEC §4), float32.
+  """Moment Probing's second-order map (SPEC §4), in at least float32.
 
   Args:
     groups: `[B, N, G, c]` tokens split into G channel groups (after the shared LayerNorm).
@@ -213,7 +221,7 @@ def mp_cross_covariance(groups, mean_removal: str = "scalar"):
 
 class MPHead(nn.Module):
   """Moment Probing (ICCV 2023, SPEC §4): first-order class token + second-order patch
-  tokens, logits = (Dense(cls) + Dense(flat)) / 2; float32 throughout.
+  tokens, logits = (Dense(cls) + Dense(flat)) / 2; at least float32 throughout.
 
   P = Dense(D -> proj_dim)(patch tokens), split into `num_groups` groups sharing one
   LayerNorm, mean removal (`mean_removal`, see `mp_cross_covariance`), cross-covariance
@@ -230,7 +238,8 @@ class MPHead(nn.Module):
   @nn.compact
   def __call__(self, tokens, train: bool = False):
     del train
-    tokens = tokens.astype(jnp.float32)
+    # At least float32; the sublayers (dtype None) follow a float64 input.
+    tokens = ops.upcast(tokens)
     cls, patches = tokens[:, 0], tokens[:, 1:]
     if self.proj_dim % self.num_groups:
       raise ValueError(f"proj_dim {self.proj_dim} is not divisible into {self.num_groups} "
@@ -255,7 +264,8 @@ class MPPlusHead(MPHead):
 
 
 def head_cross_covariance(q, k, mean_removal: str = "scalar"):
-  """DropCov's multi-head cross-covariance of token projections (SPEC §4), float32.
+  """DropCov's multi-head cross-covariance of token projections (SPEC §4), in at least
+  float32.
 
   Args:
     q, k: `[B, N, G, c]`, G heads of c channels.
@@ -273,7 +283,7 @@ def head_cross_covariance(q, k, mean_removal: str = "scalar"):
 
 class DropCovTokenHead(nn.Module):
   """DropCov on a vision transformer (NeurIPS 2022, SPEC §4): tokens `[B, 1 + N, D]` ->
-  logits = Dense(cls) + Dense(flat), float32 throughout.
+  logits = Dense(cls) + Dense(flat), at least float32 throughout.
 
   q, k = the first two of three chunks of `qkv` = Dense(D -> 3 * cov_heads * cov_head_dim,
   no bias)(patch tokens), each split into `cov_heads` heads of `cov_head_dim` (DeiT-S:
@@ -304,7 +314,8 @@ class DropCovTokenHead(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, train: bool = False):
-    tokens = tokens.astype(jnp.float32)
+    # At least float32; the sublayers (dtype None) follow a float64 input.
+    tokens = ops.upcast(tokens)
     cls, patches = tokens[:, 0], tokens[:, 1:]
     b, n, _ = patches.shape
     heads, dim = self.cov_heads, self.cov_head_dim

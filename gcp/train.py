@@ -4,6 +4,8 @@ Data parallelism is `jax.jit` over a 1-D `data` mesh of every device: the batch 
 along it and the state replicated, so BatchNorm statistics and gradients are taken over
 the global batch exactly as on one device.
 """
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -11,7 +13,7 @@ import re
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import flax.struct
@@ -25,8 +27,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gcp import checkpoint, data, reporting
 from gcp import config as config_lib
+from gcp import workdir as workdir_lib
 from gcp.data import mixup
-from gcp.models import VIDEO_ARCHS, create_model, video
+from gcp.models import VIDEO_ARCHS, create_model
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -371,6 +374,16 @@ def evaluate_with_ema(eval_step, state: TrainState, batches, mesh) -> dict:
 
 # --------------------------------------------------------------------------- the run
 
+# What a run stops with when its config, data or checkpoints are wrong: main.py prints
+# these without a traceback.
+RUN_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+_LISTED_SKIPS = 100  # undecodable images named in eval_<split>.json (all are counted)
+# A probe logged during training: `(model, config) -> fn(params, model_state, batch) ->
+# {name: value}`, called before every `config.landscape_every_steps`-th step
+# (`gcp.analysis.landscape.training_probe`).
+Probe = Callable[[nn.Module, ml_collections.ConfigDict], Callable[[Any, dict, dict], dict]]
+
+
 def _check_divisible(name: str, batch_size: int, accum_steps: int = 1) -> None:
   devices, hosts = jax.device_count(), jax.process_count()
   multiple = math.lcm(devices, hosts) * accum_steps
@@ -416,13 +429,15 @@ def initialise_from(state: TrainState, source: str, dont_load: str = "",
   report if the checkpoint does not fit the model (`checkpoint.merge_pretrained`).
 
   A video model (`arch` in `VIDEO_ARCHS`) initialised from an image model's checkpoint
-  takes its backbone only (`gcp.models.video.inflate_image_variables`: TSN's ImageNet
+  takes its backbone only (`checkpoint.inflate_image_variables`: TSN's ImageNet
   initialisation, conv1 repeated for snippets).
   """
   fresh = {"params": state.params, **state.model_state}
   loaded = checkpoint.load_variables(source)
   if arch in VIDEO_ARCHS and checkpoint.load_model_spec(source)["arch"] not in VIDEO_ARCHS:
-    merged = video.inflate_image_variables(jax.device_get(loaded), fresh)
+    merged, kept = checkpoint.inflate_image_variables(jax.device_get(loaded), fresh)
+    reporting.info(f"Initialised the backbone from the image model at {source}; fresh: "
+                   f"{', '.join(kept) or 'none'}")
   else:
     merged, kept = checkpoint.merge_pretrained(fresh, loaded, dont_load)
     reporting.info(f"Initialised {len(jax.tree.leaves(fresh)) - len(kept)} variables from "
@@ -436,54 +451,110 @@ def initialise_from(state: TrainState, source: str, dont_load: str = "",
   return state.replace(params=params, model_state=merged, ema_params=ema)
 
 
-def _eval_kwargs(config: ml_collections.ConfigDict) -> dict:
+@dataclasses.dataclass
+class _Data:
+  """A run's data, checked: the data set, the resolved evaluation split, and the first
+  evaluation batch (exactly as `eval_batches` yields it, to exercise the eval step)."""
+  builder: Any
+  eval_split: str
+  eval_batch: dict
+  image_shape: tuple[int, ...] | None = None  # one training input's, when training
+
+
+def _prepare_data(config: ml_collections.ConfigDict, *, train: bool) -> _Data:
+  """Opens the data set and runs its pipelines once: the splits exist, the keys name its
+  features, each preprocessing yields a batch of a fixed shape (one paragraph naming the
+  key and the fix otherwise), before anything is trained or written."""
   dc = config.data
-  return dict(split=dc.eval_split, pp=dc.eval_pp, image_key=dc.image_key,
-              label_key=dc.label_key, per_host_batch=config.eval_batch_size //
-              jax.process_count(), prefetch=dc.prefetch)
+  _check_divisible("eval_batch_size", config.eval_batch_size)
+  if train:
+    _check_divisible("batch_size", config.batch_size, config.optim.grad_accum_steps)
+  builder = data.load_builder(dc.name, dc.data_dir)
+  eval_split = dc.eval_split or data.default_eval_split(builder)
+  keys = dict(image_key=dc.image_key, label_key=dc.label_key)
+  data.check_split(builder, eval_split, "eval_split")
+  eval_batch = data.first_batch(builder, split=eval_split, pp=dc.eval_pp, train=False,
+                                per_host_batch=config.eval_batch_size // jax.process_count(),
+                                **keys)
+  if not train:
+    return _Data(builder, eval_split, eval_batch)
+  per_host = config.batch_size // jax.process_count()
+  examples = data.check_split(builder, dc.train_split, "train_split")
+  if data.steps_per_epoch(builder, dc.train_split, per_host) == 0:
+    raise ValueError(f"config.batch_size={config.batch_size} exceeds the {examples} examples "
+                     f"of {dc.name}:{dc.train_split}: lower it")
+  first = data.first_batch(builder, split=dc.train_split, pp=dc.train_pp, train=True,
+                           per_host_batch=per_host, **keys)
+  return _Data(builder, eval_split, eval_batch, first["image"].shape[1:])
+
+
+def _eval_batches(config: ml_collections.ConfigDict, dataset: _Data, skipped: list):
+  """`() -> batches` of the evaluation split; each pass lists the images it skipped in
+  `skipped` (emptied first)."""
+  dc = config.data
+
+  def batches():
+    skipped.clear()
+    return data.eval_batches(dataset.builder, split=dataset.eval_split, pp=dc.eval_pp,
+                             image_key=dc.image_key, label_key=dc.label_key,
+                             per_host_batch=config.eval_batch_size // jax.process_count(),
+                             prefetch=dc.prefetch, skipped=skipped)
+  return batches
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Scores a checkpoint on `config.data.eval_split`: every image, top-1 and top-5.
+  """Scores a checkpoint on the evaluation split (`config.data.eval_split`, or the data
+  set's own): every image, top-1 and top-5.
 
-  The checkpoint is `config.init_from` if set (e.g. a converted release model), else the
-  latest in `workdir`; the network is the one saved with it. A checkpoint with an EMA
-  (`optim.ema_decay`) is scored with both parameter sets (`ema_eval_*`). The result (with the
-  checkpoint and split) is returned and written to `workdir/eval_<split>.json`.
+  The checkpoint is `config.init_from` if set (e.g. a converted release model, or one
+  step's folder such as `WORKDIR/checkpoints/248`), else the latest in `workdir`; the
+  network is the one saved with it. A checkpoint with an EMA (`optim.ema_decay`) is scored
+  with both parameter sets (`ema_eval_*`). The result (with the checkpoint, split and the
+  images that could not be decoded) is returned and written to `workdir/eval_<split>.json`.
   """
   config_lib.validate(config)
   source = config.init_from or workdir
-  spec = checkpoint.load_model_spec(source)
-  saved = checkpoint.load_state(source)
-  variables, ema = {"params": saved["params"], **saved["model_state"]}, saved.get("ema_params")
-  dc = config.data
-  builder = data.load_builder(dc.name, dc.data_dir)
-  found = data.num_classes(builder, dc.label_key)
+  return _score(config, workdir, source, checkpoint.load_model_spec(source),
+                checkpoint.load_state(source))
+
+
+def _score(config: ml_collections.ConfigDict, workdir: str, source: str, spec: dict,
+           saved: dict) -> dict:
+  """`evaluate_checkpoint` of the checkpoint at `source`, already read (`spec`, `saved`)."""
+  dataset = _prepare_data(config, train=False)
+  found = data.num_classes(dataset.builder, config.data.label_key)
   if spec["num_classes"] != found:
     raise ValueError(f"the checkpoint at {source} classifies {spec['num_classes']} classes "
-                     f"but {dc.name!r} has {found}")
-  _check_divisible("eval_batch_size", config.eval_batch_size)
+                     f"but {config.data.name!r} has {found}")
   mesh = make_mesh()
-  variables, ema = jax.device_put((variables, ema), NamedSharding(mesh, P()))
+  variables, ema = jax.device_put(({"params": saved["params"], **saved["model_state"]},
+                                   saved.get("ema_params")), NamedSharding(mesh, P()))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables.pop("params"),
                      model_state=variables, opt_state=None, ema_params=ema)
   eval_step = make_eval_step(create_model(**spec), config.eval_flip)
-  total = data.num_eval_batches(builder, dc.eval_split, config.eval_batch_size //
-                                jax.process_count())
+  total = data.num_eval_batches(dataset.builder, dataset.eval_split,
+                                config.eval_batch_size // jax.process_count())
   bar = reporting.progress_bar(total * (1 if ema is None else 2), 0,
                                desc=f"eval {spec['arch']}+{spec['head']}")
-  results = evaluate_with_ema(
-      eval_step, state,
-      lambda: _counted(data.eval_batches(builder, **_eval_kwargs(config)), bar), mesh)
+  skipped = []
+  batches = _eval_batches(config, dataset, skipped)
+  results = evaluate_with_ema(eval_step, state, lambda: _counted(batches(), bar), mesh)
   bar.close()
-  results = {"checkpoint": os.path.abspath(source), "split": dc.eval_split,
-             "flip": config.eval_flip, **results}
+  _report_skipped(config, f"eval ({dataset.eval_split})", skipped)
+  results = {"checkpoint": os.path.abspath(source), "step": int(saved["step"]),
+             "split": dataset.eval_split, "flip": config.eval_flip, **results,
+             "skipped_images": len(skipped), "skipped": skipped[:_LISTED_SKIPS]}
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    name = re.sub(r"[^\w.-]+", "_", dc.eval_split).strip("_")
-    with open(os.path.join(workdir, f"eval_{name}.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    name = re.sub(r"[^\w.-]+", "_", dataset.eval_split).strip("_")
+    workdir_lib.write_atomic(os.path.join(workdir, f"eval_{name}.json"),
+                             json.dumps(results, indent=2))
   return results
+
+
+def _report_skipped(config: ml_collections.ConfigDict, what: str, names: list[str]) -> None:
+  if names:
+    unit = "video" if config.data.name.startswith(data.FRAMES_PREFIX) else "image"
+    reporting.warn(data.describe_skipped(what, names, unit=unit))
 
 
 def _counted(iterable, bar):
@@ -532,82 +603,181 @@ class _StopSignals:
       signal.signal(sig, handler)
 
 
-class _FiniteGuard:
-  """Collects each step's `finite` flag and acts on non-finite steps when checked (at log
-  steps and before checkpoints, so no unchecked step is ever saved): 'stop' raises,
-  'skip' counts (the step itself already left the state unchanged)."""
+class _Meter:
+  """What a run accumulates outside its state: this epoch's and this log window's train
+  metrics (running sums over the applied steps, in step order), updates skipped for a
+  non-finite loss, the training images that could not be decoded this epoch, and the
+  running time. `as_dict()` is saved with every checkpoint, so that a resumed run reports
+  exactly what an uninterrupted one does.
 
-  def __init__(self, policy: str, ckpt: checkpoint.Checkpointer):
-    self.policy, self.ckpt, self.pending, self.skipped = policy, ckpt, [], 0
+  Steps' metrics stay on the device until `fold`, which also acts on non-finite steps
+  (`nan_policy`: 'stop' raises, 'skip' counts; the step itself left the state unchanged).
+  `unreported` holds an ended epoch's train metrics (and skipped images) until its
+  evaluation is logged.
+  """
+
+  def __init__(self, nan_policy: str, saved: dict | None, session_start: float):
+    saved = saved or {}
+    self.nan_policy = nan_policy
+    self.epoch = saved.get("epoch", {"loss": 0.0, "top1": 0.0, "steps": 0})
+    self.window = saved.get("window", {"loss": 0.0, "steps": 0})
+    self.skipped_updates = saved.get("skipped_updates", 0)
+    self.skipped_images = saved.get("skipped_images", [])
+    self.unreported = saved.get("unreported")
+    self.started = saved.get("started", session_start)
+    self._time_before, self._session_start = saved.get("wall_time", 0.0), session_start
+    self._pending = []
+
+  def wall_time(self) -> float:
+    """Seconds the run has been running, over all its sessions."""
+    return self._time_before + time.time() - self._session_start
 
   def add(self, step: int, metrics: dict) -> None:
-    self.pending.append((step, metrics["finite"]))
+    self._pending.append((step, metrics))
 
-  def check(self) -> None:
-    flags = jax.device_get([f for _, f in self.pending])
-    bad = [step for (step, _), ok in zip(self.pending, flags) if not ok]
-    self.pending = []
+  def fold(self, last_checkpoint: int | None) -> None:
+    """Adds the pending steps' metrics to the sums (every step is checked here before a
+    checkpoint or a log line can include it)."""
+    pending, self._pending = self._pending, []
+    bad = []
+    for (step, _), m in zip(pending, jax.device_get([m for _, m in pending])):
+      if not m["finite"]:
+        bad.append(step)
+        continue
+      for sums in (self.epoch, self.window):
+        sums["loss"] += float(m["loss"])
+        sums["steps"] += 1
+      self.epoch["top1"] += float(m["top1"])
     if not bad:
       return
-    if self.policy == "stop":
+    if self.nan_policy == "stop":
       raise FloatingPointError(
           f"non-finite loss or gradient at step {bad[0]}: training stopped without applying "
-          f"it; the last checkpoint (step {self.ckpt.latest_step()}) is intact. Lower the "
-          "learning rate, or set config.nan_policy='skip' to skip such updates")
-    self.skipped += len(bad)
+          f"it; the last checkpoint (step {last_checkpoint}) is intact. Lower the learning "
+          "rate, or set config.nan_policy='skip' to skip such updates")
+    self.skipped_updates += len(bad)
     reporting.info(f"skipped {len(bad)} update(s) with a non-finite loss or gradient at "
                    f"step(s) {bad[:10]} (config.nan_policy='skip')")
 
+  def take_window(self) -> float:
+    """The mean train loss since the last log step (NaN if no step was applied)."""
+    loss = self.window["loss"] / self.window["steps"] if self.window["steps"] else math.nan
+    self.window = {"loss": 0.0, "steps": 0}
+    return loss
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  def end_epoch(self) -> dict:
+    """`{"metrics": the ended epoch's train metrics, "skipped": its undecodable images}`,
+    kept as `unreported` until logged; starts the next epoch's sums."""
+    n = self.epoch["steps"]
+    metrics = {"train_loss": self.epoch["loss"] / n if n else math.nan,
+               "train_top1": self.epoch["top1"] / n if n else math.nan,
+               "train_skipped_images": len(self.skipped_images)}
+    if self.skipped_updates:
+      metrics["skipped_steps"] = self.skipped_updates
+    self.unreported = {"metrics": metrics, "skipped": list(self.skipped_images)}
+    self.epoch = {"loss": 0.0, "top1": 0.0, "steps": 0}
+    self.skipped_images.clear()  # the pipeline appends to this list
+    return self.unreported
+
+  def as_dict(self) -> dict:
+    return {"epoch": dict(self.epoch), "window": dict(self.window),
+            "skipped_updates": self.skipped_updates,
+            "skipped_images": list(self.skipped_images), "unreported": self.unreported,
+            "started": self.started, "wall_time": self.wall_time()}
+
+
+def _epoch_logged(workdir: str, step: int) -> bool:
+  """Whether the run's metrics.jsonl holds the line of an epoch that ended at `step`, as
+  process 0 (the one that writes it) reads it: every host decides alike."""
+  path = os.path.join(workdir, reporting.METRICS_FILE)
+  logged = jax.process_index() == 0 and os.path.exists(path) and any(
+      r["step"] == step and "eval_top1" in r for r in reporting.read_metrics(path))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    logged = bool(multihost_utils.broadcast_one_to_all(np.int32(logged)))
+  return logged
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False, probe: Probe | None = None) -> dict:
   """Trains `config`'s model, evaluating every epoch; resumes from `workdir` if it holds a
   checkpoint. Returns the final metrics (eval_top1, eval_top5, eval_loss, train_loss, ...).
+
+  Before the first step everything the run needs is checked and run once (the splits,
+  both preprocessings, the keys, the batch sizes, `init_from`, the evaluation step), so a
+  problem stops it in its first minute. A resumed run continues the one in `workdir`: a
+  config that would change its trajectory stops it (`workdir.ConfigChanged`) unless
+  `allow_config_change`; a damaged newest checkpoint is reported and the newest one that
+  restores is used. A finished run is evaluated, not trained.
+
+  Args:
+    config: the run's config (`gcp.config.base_config()` keys).
+    workdir: where checkpoints, logs and plots go.
+    allow_config_change: accept trajectory changes on resume (recorded in the workdir).
+    probe: what `config.landscape_every_steps` logs (`gcp.analysis.landscape.
+      training_probe`; main.py passes it).
   """
+  session_start = time.time()
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
-  dc = config.data
-  builder = data.load_builder(dc.name, dc.data_dir)
-  spec = _model_spec(config, builder)
-  model = create_model(**spec)
   if config.nan_policy not in ("stop", "skip"):
     raise ValueError(f"unknown config.nan_policy {config.nan_policy!r}; valid: stop, skip")
-  _check_divisible("batch_size", config.batch_size, config.optim.grad_accum_steps)
-  _check_divisible("eval_batch_size", config.eval_batch_size)
+  if config.landscape_every_steps and probe is None:
+    raise ValueError("config.landscape_every_steps needs the landscape probe: pass "
+                     "probe=gcp.analysis.landscape.training_probe (main.py does)")
+  checkpoint_dir = os.path.join(workdir, "checkpoints")
+  on_disk = checkpoint.steps(checkpoint_dir)
+  changes = workdir_lib.reconcile(workdir, config, step=max(on_disk),
+                                  allow_changes=allow_config_change) if on_disk else None
+  dataset = _prepare_data(config, train=True)
+  dc = config.data
+  spec = _model_spec(config, dataset.builder)
   per_host_batch = config.batch_size // jax.process_count()
-  steps_per_epoch = data.steps_per_epoch(builder, dc.train_split, per_host_batch)
-  if steps_per_epoch == 0:
-    raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
-                     f"{data.num_examples(builder, dc.train_split)} examples of "
-                     f"{dc.name}:{dc.train_split}")
+  steps_per_epoch = data.steps_per_epoch(dataset.builder, dc.train_split, per_host_batch)
   total_steps = steps_per_epoch * config.num_epochs
-
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 keep=config.keep_checkpoints)
-  start_step = ckpt.latest_step() or 0
-  if start_step:
-    _check_same_architecture(ckpt.model_spec(), spec, workdir)
+  if on_disk:  # (a damaged newest checkpoint is checked, or skipped, when restoring)
+    with contextlib.suppress(checkpoint.CheckpointError):
+      _check_same_architecture(checkpoint.load_model_spec(checkpoint_dir), spec, workdir)
+  if on_disk and max(on_disk) >= total_steps and _epoch_logged(workdir, max(on_disk)):
+    last = os.path.join(checkpoint_dir, str(max(on_disk)))
+    try:
+      saved = checkpoint.load_model_spec(last), checkpoint.load_state(last)
+    except checkpoint.CheckpointError:  # resumed below from the newest that restores
+      saved = None
+    if saved:
+      workdir_lib.record(workdir, config, changes, max(on_disk))
+      reporting.info(f"the run in {workdir} is finished (step {max(on_disk)} of "
+                     f"{total_steps}): evaluating its last checkpoint")
+      return _score(config, workdir, last, *saved)
 
   mesh = make_mesh()
   schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs,
                                     config.batch_size)
   tx = create_optimizer(config.optim, schedule)
-  train_kw = dict(split=dc.train_split, pp=dc.train_pp, image_key=dc.image_key,
-                  label_key=dc.label_key, per_host_batch=per_host_batch, seed=config.seed,
-                  shuffle_buffer=dc.shuffle_buffer, prefetch=dc.prefetch)
-  eval_batches = lambda: data.eval_batches(builder, **_eval_kwargs(config))  # noqa: E731
-  image_shape = data.image_shape(builder, dc.train_split, dc.train_pp, dc.image_key)
+  model = create_model(**spec)
   ema_decay = config.optim.ema_decay
-  state = init_state(model, tx, image_shape, config.seed, mesh,
+  state = init_state(model, tx, dataset.image_shape, config.seed, mesh,
                      trainable=config.trainable_params, ema=ema_decay > 0)
-  if start_step:
-    state = ckpt.restore(state)
-    reporting.info(f"Resumed from step {start_step} in {workdir}")
+  ckpt = checkpoint.Checkpointer(checkpoint_dir, keep=config.keep_checkpoints)
+  start_step, progress = 0, None
+  if on_disk:
+    state, start_step, progress = ckpt.restore_newest(
+        state, check_spec=lambda saved: _check_same_architecture(saved, spec, workdir),
+        report=reporting.warn)
+    if progress is None:
+      reporting.warn(f"the checkpoint at step {start_step} was written by an earlier version "
+                     "of gcp: this epoch's train metrics cover only the steps from now on")
   elif config.init_from:
     state = initialise_from(state, config.init_from, config.init_dont_load, spec["arch"])
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  eval_step = make_eval_step(model, config.eval_flip)
+  jax.block_until_ready(eval_step(state, shard_batch(dataset.eval_batch, mesh)))
+  landscape = probe(model, config) if config.landscape_every_steps else None
+  # Everything is checked: from here on the run writes.
+  if on_disk:
+    workdir_lib.record(workdir, config, changes, start_step)
+    reporting.info(f"Resumed from step {start_step} in {workdir}")
+  else:
+    workdir_lib.start(workdir, config)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   n_train = sum(x.size for x in jax.tree.leaves(
       split_trainable(state.params, config.trainable_params)[0]))
@@ -622,70 +792,89 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       model, tx, config.optim.label_smoothing, config.seed, config.optim.grad_accum_steps,
       trainable=config.trainable_params, ema_decay=ema_decay, mixing=mixing,
       aux_loss_weight=config.optim.aux_loss_weight)
-  eval_step = make_eval_step(model, config.eval_flip)
-  landscape = None
-  if config.landscape_every_steps:
-    from gcp.analysis.landscape import TrainingLandscape  # gcp.analysis builds on this module
-    landscape = TrainingLandscape(model, config.landscape_etas,
-                                  label_smoothing=config.optim.label_smoothing)
-  log = reporting.MetricLog(workdir, resume_step=start_step)
+  meter = _Meter(config.nan_policy, progress, session_start)
+  eval_skipped = []
+  eval_batches = _eval_batches(config, dataset, eval_skipped)
+  log = reporting.MetricLog(workdir, resume_step=start_step, started=meter.started)
+  train_kw = dict(split=dc.train_split, pp=dc.train_pp, image_key=dc.image_key,
+                  label_key=dc.label_key, per_host_batch=per_host_batch, seed=config.seed,
+                  shuffle_buffer=dc.shuffle_buffer, prefetch=dc.prefetch,
+                  skipped=meter.skipped_images)
+
+  eval_listed = False
+
+  def report_epoch(epoch: int, step: int) -> dict:
+    """Evaluates the epoch that ended at `step` (its checkpoint is already saved, so a
+    failing evaluation loses nothing) and logs it with its train metrics."""
+    nonlocal eval_listed
+    _report_skipped(config, f"train epoch {epoch}/{config.num_epochs}",
+                    meter.unreported["skipped"])
+    final = {"epoch": epoch, **meter.unreported["metrics"]}
+    final.update(evaluate_with_ema(eval_step, state, eval_batches, mesh))
+    final["eval_skipped_images"] = len(eval_skipped)
+    if not eval_listed:  # the same images every evaluation: list them once
+      _report_skipped(config, f"eval ({dataset.eval_split})", eval_skipped)
+      eval_listed = True
+    ema = (f", EMA top-1 {100 * final['ema_eval_top1']:.2f}%"
+           if "ema_eval_top1" in final else "")
+    reporting.info(
+        f"epoch {epoch}/{config.num_epochs}: train loss {final['train_loss']:.4f}, "
+        f"eval top-1 {100 * final['eval_top1']:.2f}%, top-5 "
+        f"{100 * final['eval_top5']:.2f}%{ema} ({final['eval_examples']} images)")
+    log.write(step, meter.wall_time(), final)
+    ckpt.record_eval(step, final)
+    meter.unreported = None
+    return final
+
   bar = reporting.progress_bar(total_steps, start_step, desc=f"{spec['arch']}+{spec['head']}")
-  guard = _FiniteGuard(config.nan_policy, ckpt)
-  final = {}
-  step = start_step
+  final, step = {}, start_step
   try:
     with _StopSignals() as stop:
+      if start_step % steps_per_epoch == 0 and progress is not None:
+        if _epoch_logged(workdir, start_step):
+          meter.unreported = None
+        elif start_step:  # stopped between an epoch's end and its line: report it now
+          if meter.unreported is None:
+            meter.end_epoch()
+          final = report_epoch(start_step // steps_per_epoch, start_step)
       for epoch in range(start_step // steps_per_epoch, config.num_epochs):
-        epoch_metrics, tick, tick_step = [], time.time(), step
-        for batch in data.train_batches(builder, epoch=epoch,
+        tick, tick_step = time.time(), step
+        for batch in data.train_batches(dataset.builder, epoch=epoch,
                                         start_step=step - epoch * steps_per_epoch,
                                         **train_kw):
           batch = shard_batch(batch, mesh)
           if landscape and step % config.landscape_every_steps == 0:
             # Before the step, which donates the state.
-            log.write(step, landscape(state.params, state.model_state, batch))
+            log.write(step, meter.wall_time(),
+                      landscape(state.params, state.model_state, batch))
           state, metrics = train_step(state, batch)
-          epoch_metrics.append(metrics)
           step += 1
-          guard.add(step, metrics)
+          meter.add(step, metrics)
           bar.update()
           at_log_step = step % config.log_every_steps == 0
           if at_log_step:
-            guard.check()
-            recent = [m for m in jax.device_get(epoch_metrics[-config.log_every_steps:])
-                      if m["finite"]]
+            meter.fold(ckpt.latest_step())
             rate = (step - tick_step) * config.batch_size / (time.time() - tick)
             tick, tick_step = time.time(), step
-            loss = float(np.mean([m["loss"] for m in recent])) if recent else float("nan")
+            loss = meter.take_window()
             bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}")
-            log.write(step, {"loss": loss, "learning_rate": schedule(step - 1),
-                             "images_per_second": rate})
+            log.write(step, meter.wall_time(), {"loss": loss,
+                                                "learning_rate": schedule(step - 1),
+                                                "images_per_second": rate})
           if stop.requested(at_log_step):
-            guard.check()
+            meter.fold(ckpt.latest_step())
             if ckpt.latest_step() != step:
-              ckpt.save(step, state, spec)
+              ckpt.save(step, state, spec, meter.as_dict())
             ckpt.wait()
             raise Interrupted(stop.signum, step, workdir)
           if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 \
               and step % steps_per_epoch:
-            guard.check()
-            ckpt.save(step, state, spec)
-        guard.check()
-        epoch_metrics = [m for m in jax.device_get(epoch_metrics) if m["finite"]]
-        final = {"epoch": epoch + 1,
-                 "train_loss": float(np.mean([m["loss"] for m in epoch_metrics])),
-                 "train_top1": float(np.mean([m["top1"] for m in epoch_metrics]))}
-        if guard.skipped:
-          final["skipped_steps"] = guard.skipped
-        final.update(evaluate_with_ema(eval_step, state, eval_batches, mesh))
-        ema = (f", EMA top-1 {100 * final['ema_eval_top1']:.2f}%"
-               if "ema_eval_top1" in final else "")
-        reporting.info(
-            f"epoch {epoch + 1}/{config.num_epochs}: train loss {final['train_loss']:.4f}, "
-            f"eval top-1 {100 * final['eval_top1']:.2f}%, top-5 "
-            f"{100 * final['eval_top5']:.2f}%{ema} ({final['eval_examples']} images)")
-        log.write(step, final)
-        ckpt.save(step, state, spec, metrics=final)
+            meter.fold(ckpt.latest_step())
+            ckpt.save(step, state, spec, meter.as_dict())
+        meter.fold(ckpt.latest_step())
+        meter.end_epoch()
+        ckpt.save(step, state, spec, meter.as_dict())
+        final = report_epoch(epoch + 1, step)
   finally:
     bar.close()
     ckpt.wait()
@@ -694,6 +883,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0 and os.path.exists(log.path):
     reporting.plot_curves(log.path, os.path.join(workdir, "curves.png"),
                           title=f"{spec['arch']} + {spec['head']} on {dc.name}")
-  if not final:  # already trained: report the checkpoint's accuracy
-    final = evaluate_with_ema(eval_step, state, eval_batches, mesh)
   return {"step": step, **final}
+
+

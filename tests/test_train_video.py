@@ -32,7 +32,7 @@ def test_frame_store_clips_train_and_every_view_is_scored(frame_store):  # noqa:
   mesh, tx = train.make_mesh(jax.devices()[:1]), optax.sgd(0.05, momentum=0.9)
   state = train.init_state(model, tx, shape, 0, mesh)
   image = ResNet(stages, Bottleneck, head=GAPHead(), num_classes=3, width=4)
-  inflated = video.inflate_image_variables(
+  inflated, _ = checkpoint.inflate_image_variables(
       image.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3))),
       {"params": state.params, **state.model_state})
   state = state.replace(params=inflated.pop("params"), model_state=inflated)

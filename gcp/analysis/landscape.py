@@ -132,3 +132,10 @@ class TrainingLandscape:
     summary = summarize(self._sums(variables, batch), self.etas)
     return {f"landscape_{key}": summary[key]
             for key in ("loss_range", "grad_change_max", "grad_norm")}
+
+
+def training_probe(model, config) -> TrainingLandscape:
+  """What `config.landscape_every_steps` logs during training (`gcp.train.Probe`): the
+  landscape along `config.landscape_etas` with the run's label smoothing."""
+  return TrainingLandscape(model, config.landscape_etas,
+                           label_smoothing=config.optim.label_smoothing)

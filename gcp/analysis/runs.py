@@ -5,7 +5,6 @@ Single-host: the analyses run on this process's devices.
 """
 import dataclasses
 import itertools
-import json
 import os
 
 import flax.linen as nn
@@ -15,6 +14,7 @@ import numpy as np
 
 from gcp import checkpoint, data
 from gcp.models import create_model
+from gcp.workdir import CONFIG_FILE, saved_config
 
 
 @dataclasses.dataclass
@@ -28,7 +28,8 @@ class Run:
     variables: `{"params": ..., "batch_stats": ..., ...}` for `model.apply`, on the
       default device.
     data: the run's `config.data` (name, data_dir, eval_split, eval_pp, image_key,
-      label_key, ...), from `workdir/config.json`.
+      label_key, ...), from the run's config (`workdir/config.json` and its recorded
+      changes).
   """
   workdir: str
   spec: dict
@@ -43,16 +44,20 @@ class Run:
 
 def load_run(workdir: str, *, data_dir: str | None = None, step: int | None = None) -> Run:
   """The latest checkpoint (or `step`) of the run in `workdir`, with the data settings of
-  its `config.json`; `data_dir` overrides the one it was trained with."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
+  its config (`gcp.workdir.saved_config`); `data_dir` overrides the one it was trained
+  with."""
+  config = saved_config(workdir)
+  if config is None:
     raise FileNotFoundError(
-        f"{config_path} not found: give the workdir of a run trained with main.py or "
-        "gcp.train.train_and_evaluate (it holds config.json and checkpoints/)")
-  with open(config_path) as f:
-    data_config = ml_collections.ConfigDict(json.load(f)["data"])
+        f"{os.path.join(workdir, CONFIG_FILE)} not found: give the workdir of a run trained "
+        "with main.py or gcp.train.train_and_evaluate (it holds config.json and "
+        "checkpoints/)")
+  data_config = config.data
   if data_dir is not None:
     data_config.data_dir = data_dir
+  if data_config.eval_split is None:
+    data_config.eval_split = data.default_eval_split(
+        data.load_builder(data_config.name, data_config.data_dir))
   spec = checkpoint.load_model_spec(workdir, step)
   return Run(workdir=os.path.abspath(workdir), spec=spec, model=create_model(**spec),
              variables=_on_default_device(checkpoint.load_variables(workdir, step)),

@@ -7,8 +7,10 @@ same tag), optionally followed by a `crc_num` trailer. MindSpore itself is not n
 
 Names: the releases' ResNets use torchvision's structure with MindSpore spellings
 (`down_sample_layer`, `gamma` / `beta` / `moving_mean` / `moving_variance`, and
-`bn1d` / `bn2d` in ResNet-18/34 blocks); `canonical` renames them to the torchvision
-names of `gcp.convert.torch_layout` and drops optimizer and schedule entries.
+`bn1d` / `bn2d` in ResNet-18/34 blocks) and a 4-D Conv1d kernel for DropCov's ECA conv. One
+table of spellings serves both ways: `canonical` renames a release's names to the
+torchvision names of `gcp.convert.torch_layout` (dropping optimizer and schedule entries),
+`release_names` renames torchvision names to the release's.
 """
 import re
 
@@ -25,9 +27,13 @@ _DTYPES = {"Float16": np.float16, "Float32": np.float32, "Float64": np.float64,
 _NAMES = {v: k for k, v in _DTYPES.items()}
 # Optimizer state and training bookkeeping: not part of the network.
 _SKIP = re.compile(r"^moments\.|^(learning_rate|global_step|momentum|epoch_num|step_num)$")
-_RENAMES = ((r"\.down_sample_layer\.", ".downsample."), (r"\.bn([12])d\.", r".bn\1."),
-            (r"\.gamma$", ".weight"), (r"\.beta$", ".bias"),
-            (r"\.moving_mean$", ".running_mean"), (r"\.moving_variance$", ".running_var"))
+# The MindSpore spellings of torchvision's names: module components, BatchNorm leaves, and
+# the BatchNorms of ResNet-18/34 blocks (`layerX.Y.bn1d`; bottleneck blocks keep `bn1`).
+_COMPONENTS = {"downsample": "down_sample_layer"}
+_BN_LEAVES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+              "running_var": "moving_variance"}
+_BLOCK_BN, _BASIC_SUFFIX = r"layer\d+\.\d+\.bn[12]", "d"
+_ECA_SHAPE = (1, 1, 1, -1)  # MindSpore's Conv1d kernel [out, in, 1, k]; PyTorch's [out, in, k]
 _CRC_TRAILER = 17  # b"crc_num" + a 10-byte checksum
 
 
@@ -106,16 +112,39 @@ def write(path: str, tensors: dict[str, np.ndarray]) -> None:
     f.write(ckpt.SerializeToString())
 
 
+def _spell(module: str, leaf: str, components: dict, leaves: dict) -> tuple[str, str]:
+  return ".".join(components.get(c, c) for c in module.split(".")), leaves.get(leaf, leaf)
+
+
 def canonical(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """MindSpore release names -> torchvision-style names (float32); optimizer state and
   schedule entries dropped. DropCov's ECA conv keeps its name (`eca_layer.conv.weight`)."""
+  components = {v: k for k, v in _COMPONENTS.items()}
+  leaves = {v: k for k, v in _BN_LEAVES.items()}
   out = {}
   for name, value in tensors.items():
     if _SKIP.search(name):
       continue
-    for pattern, replacement in _RENAMES:
-      name = re.sub(pattern, replacement, name)
+    module, leaf = _spell(*name.rsplit(".", 1), components, leaves)
+    if re.fullmatch(_BLOCK_BN + _BASIC_SUFFIX, module):
+      module = module[:-len(_BASIC_SUFFIX)]
     value = np.asarray(value, np.float32)
-    # MindSpore's Conv1d keeps a 2-D kernel [out, in, 1, k]; PyTorch's is [out, in, k].
-    out[name] = value.reshape(1, 1, -1) if name == ECA else value
+    out[f"{module}.{leaf}"] = value.reshape(1, 1, -1) if name == ECA else value
+  return out
+
+
+def release_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """torchvision-style names (`gcp.convert.torch_layout.to_torch`) of a ResNet -> the
+  MindSpore releases' names and shapes, which `load_param_into_net` puts into their network.
+  A module is a BatchNorm if it has `running_var`; a block is a basic (ResNet-18/34) block
+  if it has no `conv3`."""
+  out = {}
+  for name, value in tensors.items():
+    module, leaf = name.rsplit(".", 1)
+    basic = (re.fullmatch(_BLOCK_BN, module)
+             and f"{module.rsplit('.', 1)[0]}.conv3.weight" not in tensors)
+    is_bn = f"{module}.running_var" in tensors
+    module, leaf = _spell(module, leaf, _COMPONENTS, _BN_LEAVES if is_bn else {})
+    module += _BASIC_SUFFIX if basic else ""
+    out[f"{module}.{leaf}"] = value.reshape(_ECA_SHAPE) if name == ECA else value
   return out

@@ -1,11 +1,14 @@
-"""Our variable trees in PyTorch names and layouts: the one name map every format uses.
+"""Our CNN variable trees in PyTorch names and layouts: the canonical name map every CNN
+format uses.
 
-The PyTorch names are torchvision's for the backbones (`layer2.0.downsample.0.weight`,
-`features.7.weight`, `features.3.conv.1.0.weight`), plus the releases' GCP head names:
+The canonical names are torchvision's for the backbones (`layer2.0.downsample.0.weight`,
+`features.7.weight`, `features.3.conv.1.0.weight`), plus mpncovresnet's GCP head names:
 `layer_reduce` / `layer_reduce_bn` for the reduction block (fast-MPN-COV's mpncovresnet,
-GCP_Optimization, the MindSpore releases), `eca_layer.conv.weight` for DropCov's ECA conv,
-and the classifier (`fc` for ResNets, `classifier.*` for VGG and MobileNetV2).
-Layouts: conv OIHW (ours HWIO), dense `[out, in]` (ours `[in, out]`), BatchNorm
+GCP_Optimization's ResNets, the MindSpore releases), `eca_layer.conv.weight` for DropCov's
+ECA conv, and the classifier (`fc` for ResNets, `classifier.*` for VGG and MobileNetV2).
+Each release's layout renames these (`gcp.convert.layouts`; e.g. fast-MPN-COV's VGG keeps
+its reduction block in `representation.conv_dr_block`).
+Array layouts: conv OIHW (ours HWIO), dense `[out, in]` (ours `[in, out]`), BatchNorm
 weight / bias / running_mean / running_var (ours scale / bias / mean / var).
 """
 import re
@@ -157,10 +160,10 @@ def _stage_sizes(tensors) -> tuple[int, ...]:
 
 
 def infer_model_spec(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
-  """`create_model` arguments read off PyTorch-named tensors: arch, head, num_classes,
-  reduction_dim and the width options. The head is a guess where weights cannot tell:
-  'dropcov' with an ECA conv, 'isqrt' for any other second-order classifier (cov, eig and
-  isqrt heads have the same parameters), else 'gap'."""
+  """`create_model` arguments read off canonically named tensors: arch, head, num_classes,
+  reduction_dim and the width options (VGG: also `hidden`). The head is a guess where
+  weights cannot tell: 'dropcov' with an ECA conv, 'isqrt' for any other second-order
+  classifier (cov, eig and isqrt heads have the same parameters), else 'gap'."""
   spec: dict[str, Any] = {}
   if "layer1.0.conv1.weight" in tensors:
     block = "bottleneck" if "layer1.0.conv3.weight" in tensors else "basic"
@@ -181,13 +184,22 @@ def infer_model_spec(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
                if m)
     channels = tensors[f"features.{last}.0.weight"].shape[0]
   elif "features.0.weight" in tensors:
-    spec.update(arch="vgg16_bn", width=int(tensors["features.0.weight"].shape[0]))
+    if "classifier.0.weight" not in tensors:
+      raise ConversionError(
+          "a VGG without the FC-4096 classifier (classifier.0 / .3 / .6; found "
+          f"{sorted(n for n in tensors if n.startswith('classifier'))}): fast-MPN-COV's "
+          "fine-tuned VGGs end in one Linear layer, which gcp's vgg16_bn does not have")
+    spec.update(arch="vgg16_bn", width=int(tensors["features.0.weight"].shape[0]),
+                hidden=int(tensors["classifier.0.weight"].shape[0]))
     classifier = "classifier.6.weight"
     channels = tensors["features.0.weight"].shape[0] * 8
   else:
     raise ConversionError("cannot tell the architecture: no ResNet (layer1.0.conv1.weight), "
                           "VGG (features.0.weight) or MobileNetV2 (features.0.0.weight) "
                           "tensors; pass the architecture explicitly")
+  if classifier not in tensors:
+    raise ConversionError(f"a {spec['arch']} without its classifier {classifier!r}; the "
+                          f"tensors end in {sorted(tensors)[-4:]}")
   reduce = tensors.get("layer_reduce.weight")
   spec["reduction_dim"] = int(reduce.shape[0]) if reduce is not None else None
   dim = spec["reduction_dim"] or channels

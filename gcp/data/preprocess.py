@@ -14,7 +14,10 @@ the rest): the same window for the same seed as decoding everything and then cro
 Other formats (PNG, ...) are decoded whole and cropped. Decoding yields C channels, C from
 the data set's image shape (3 if unknown), as `Preprocess.decode`.
 """
+import argparse
 import ast
+import inspect
+import sys
 from typing import Callable
 
 import tensorflow as tf
@@ -126,24 +129,28 @@ def inception_crop(size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
 
 @_op
 def ten_crop(size: int):
-  """The 10-crop test view `[10, size, size, C]`: the centre and the four corner crops, then
-  the same five mirrored (torchvision's TenCrop order). The model's logits are averaged
-  over the views (`gcp.train.make_eval_step`)."""
+  """10-crop test view `[10, size, size, C]`: the centre and corner crops, then mirrored.
+
+  torchvision's TenCrop order: centre, top left, top right, bottom left, bottom right, then
+  the same five mirrored. The model's logits are averaged over the views
+  (`gcp.train.make_eval_step`)."""
   def fn(image, seed):
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     corners = [((h - size) // 2, (w - size) // 2), (0, 0), (0, w - size), (h - size, 0),
                (h - size, w - size)]
-    crops = tf.stack([image[y:y + size, x:x + size] for y, x in corners])
+    crops = tf.stack([tf.image.crop_to_bounding_box(image, y, x, size, size)
+                      for y, x in corners])
     return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
   return fn
 
 
 @_op
 def three_crop(size: int):
-  """The 3-crop test view `[3, size, size, C]` of video models (TSN / TSM at 256, after
-  `resize_shorter(size)`): `size` x `size` crops at the start, centre and end of the
-  longer side (left, centre, right; top, centre, bottom if portrait), centred on the
-  other."""
+  """3-crop test view `[3, size, size, C]`: start, centre and end of the longer side.
+
+  The video models' test view (TSN / TSM at 256, after `resize_shorter(size)`): `size` x
+  `size` crops left, centre, right (top, centre, bottom if portrait), centred on the other
+  side."""
   def fn(image, seed):
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     wide = w >= h
@@ -164,9 +171,10 @@ def flip_lr():
 @_op
 def randaug(num_layers: int = 2, magnitude: float = 9, mstd: float = 0.5, *,
             fill=randaugment.IMG_MEAN, interpolation: str = "bicubic"):
-  """timm's RandAugment `rand-m{magnitude}-n{num_layers}-mstd{mstd}-inc1`, on 0-255 images
-  (before `normalize`); `fill` is timm's img_mean (the default is ImageNet's; (128, 128,
-  128) for `normalize('inception')`). See `gcp.data.randaugment.RandAugment`."""
+  """timm's RandAugment `rand-m{magnitude}-n{num_layers}-mstd{mstd}-inc1` (before normalize).
+
+  On 0-255 images; `fill` is timm's img_mean (the default is ImageNet's; (128, 128, 128)
+  for `normalize('inception')`). See `gcp.data.randaugment.RandAugment`."""
   return randaugment.RandAugment(num_layers, magnitude, mstd, fill=fill,
                                  interpolation=interpolation)
 
@@ -181,8 +189,9 @@ def random_erase(prob: float = 0.25, min_area: float = 0.02, max_area: float = 1
 
 @_op
 def corrupt(name: str, severity: int):
-  """ImageNet-C-style corruption `name` at `severity` 1-5 (`gcp.data.corruptions`), on
-  fixed-size 0-255 images: after the crop or resize, before `normalize`."""
+  """ImageNet-C corruption `name` at `severity` 1-5 (after the crop, before normalize).
+
+  On fixed-size 0-255 images (`gcp.data.corruptions` lists the names)."""
   return corruptions.corruption(name, severity)
 
 
@@ -228,11 +237,41 @@ def parse_op(op: str) -> tuple[str, list, dict]:
   return name, args, kwargs
 
 
-def _parse(op: str) -> Callable:
+def signature(fn: Callable, name: str | None = None) -> str:
+  """How an op is written in a preprocessing string: `name(arg, arg=default, ...)`, or
+  just `name` if it takes no arguments (floats rounded to 4 decimals)."""
+  def literal(value):
+    if isinstance(value, float):
+      return repr(round(value, 4))
+    if isinstance(value, tuple):
+      return "(" + ", ".join(map(literal, value)) + ("," if len(value) == 1 else "") + ")"
+    return repr(value)
+
+  params, star = [], False
+  for p in inspect.signature(fn).parameters.values():
+    if p.kind is p.KEYWORD_ONLY and not star:
+      params.append("*")
+      star = True
+    params.append(p.name if p.default is p.empty else f"{p.name}={literal(p.default)}")
+  name = name or fn.__name__
+  return f"{name}({', '.join(params)})" if params else name
+
+
+def make_op(ops: dict[str, Callable], op: str, what: str = "preprocessing op") -> Callable:
+  """The op `op` (a string `name(args)`) of the registry `ops`; a ValueError naming the op,
+  and its signature or the available ones, if it is unknown or its arguments do not fit."""
   name, args, kwargs = parse_op(op)
-  if name not in _OPS:
-    raise ValueError(f"unknown preprocessing op {name!r}; available: {sorted(_OPS)}")
-  return _OPS[name](*args, **kwargs)
+  if name not in ops:
+    raise ValueError(f"unknown {what} {name!r}; available: {', '.join(sorted(ops))}")
+  try:
+    return ops[name](*args, **kwargs)
+  except TypeError as e:
+    raise ValueError(f"{what} {op.strip()!r}: {e}; write it as "
+                     f"{signature(ops[name], name)}") from None
+
+
+def _parse(op: str) -> Callable:
+  return make_op(_OPS, op)
 
 
 class Preprocess:
@@ -240,20 +279,26 @@ class Preprocess:
 
   In two stages for encoded images: `decode(data, seed)` (which may raise on a corrupt
   file; the pipeline drops those) and `finish(image, seed)` (the rest of the chain).
+  With `files`, encoded images are given as the paths of their files, read by `decode`
+  (so that a file that cannot be read is dropped like one that does not decode).
   """
 
-  def __init__(self, ops: list[Callable], stored_shape=None):
+  def __init__(self, ops: list[Callable], stored_shape=None, files: bool = False):
     self._ops = ops
     self._shape = tuple(stored_shape) if stored_shape is not None else (None, None, 3)
     self._channels = self._shape[-1] or 3
     self._fused = getattr(ops[0], "fused", None) if ops else None
+    self._files = files
 
   @staticmethod
   def _seed(seed, i):
     return tf.random.experimental.stateless_fold_in(seed, i)
 
   def decode(self, data, seed):
-    """Encoded bytes -> uint8 `[h, w, C]`: decoded, or decoded and cropped by a fused op."""
+    """Encoded bytes (or their file) -> uint8 `[h, w, C]`: decoded, or decoded and cropped
+    by a fused op."""
+    if self._files:
+      data = tf.io.read_file(data)
     if self._fused:
       return self._fused[0](data, self._seed(seed, 0), self._channels)
     image = decode(data, self._channels)
@@ -276,10 +321,44 @@ class Preprocess:
     return tf.cast(image, tf.float32)
 
 
-def build(pp: str, stored_shape=None) -> Preprocess:
+def build(pp: str, stored_shape=None, files: bool = False) -> Preprocess:
   """Composes the ops of `pp` ("op1|op2(args)|...") into `fn(image, seed) -> float32 image`.
 
   `stored_shape`: the `(H, W, C)` of the data set's images (None entries where they vary),
   used when `image` is encoded: decoded to C channels (default 3) with that static shape.
+  `files`: encoded images are given as file paths (`Preprocess`).
   """
-  return Preprocess([_parse(op) for op in pp.split("|") if op.strip()], stored_shape)
+  return Preprocess([_parse(op) for op in pp.split("|") if op.strip()], stored_shape, files)
+
+
+def op_table() -> str:
+  """Every op of a preprocessing string as a markdown table (`--list`; the README's): the
+  ops of this module, then a frame store's sampling ops (`gcp.data.video`), which come
+  first in its strings. The descriptions are the first lines of the ops' docstrings."""
+  from gcp.data import video  # pylint: disable=import-outside-toplevel  (video builds on this)
+  rows = [(signature(fn, name), fn.__doc__.strip().splitlines()[0])
+          for name, fn in sorted(_OPS.items())]
+  rows += [(signature(fn, name), "Frame stores, first op. " + fn.__doc__.strip().splitlines()[0])
+           for name, fn in sorted(video.SAMPLINGS.items())]
+  cell = lambda text: text.replace("|", "\\|")  # noqa: E731  (a | inside a table cell)
+  return "\n".join(["| op | what it does |", "|---|---|"] +
+                   [f"| `{sig}` | {cell(doc)} |" for sig, doc in rows]) + "\n"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m gcp.data.preprocess",
+      description="The ops of preprocessing strings (config.data.train_pp, eval_pp), "
+                  "joined by '|', e.g. \"inception_crop(224)|flip_lr|normalize('imagenet')\".")
+  parser.add_argument("--list", action="store_true",
+                      help="print every op with its signature as a markdown table")
+  args = parser.parse_args(argv)
+  if not args.list:
+    parser.print_help()
+    return 1
+  sys.stdout.write(op_table())
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

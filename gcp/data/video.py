@@ -57,7 +57,11 @@ extension; that name is the video id):
   `--classes` (one name per line) or numbered classes.
 It writes `OUT_ROOT/frames/<id>/00001.jpg, ...`, `OUT_ROOT/<split>_videofolder.txt` and
 `OUT_ROOT/category.txt`, with a progress bar; videos that fail to decode or have no frame
-are left out and listed. Run it again to resume (decoded videos are kept).
+are left out and listed. Run it again to resume: the frames of a video are kept if they
+were decoded from the same file (absolute path, size, modification time) with the same
+`--short_side` and `--quality`, as `OUT_ROOT/decoded.jsonl` records; others are decoded
+again (and replace the old frames once complete). Frames of a video whose file is not
+found are kept as they are (with an info line): they cannot be checked.
 """
 import argparse
 import collections
@@ -79,11 +83,12 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from gcp.data import preprocess
-from gcp.data.folder import SplitSource
+from gcp.data.folder import SplitSource, replace_dir
 
 FRAMES_DIR = "frames"
 CLASSES_FILE = "category.txt"
 LIST_SUFFIX = "_videofolder.txt"
+MANIFEST_FILE = "decoded.jsonl"  # what `decode` decoded each frames/<id> from: JSON lines
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".webm", ".mp4", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg",
                     ".flv")
@@ -318,18 +323,19 @@ class FrameSource(SplitSource):
 
 
   def read(self, split, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """`{"image": {"dir": the video's folder, "num_frames": int32}, "label": int32}` of
-    `split`; in a random order fixed by `shuffle_seed`, else in the list's order."""
+    """`{"image": {"dir": the video's folder, "num_frames": int32}, "label": int32,
+    "name": the video id}` of `split`; in a random order fixed by `shuffle_seed`, else in
+    the list's order."""
     parts = [(name, slice(start, end)) for name, start, end in self._slices(split)]
-    dirs = np.array([os.path.join(self.frames_root, v) for name, s in parts
-                     for v in self.videos[name].ids[s]], dtype=str)
+    ids = np.array([v for name, s in parts for v in self.videos[name].ids[s]], dtype=str)
     frames = np.concatenate([self.videos[name].num_frames[s] for name, s in parts])
     labels = np.concatenate([self.videos[name].labels[s] for name, s in parts])
     if shuffle_seed is not None:
       order = np.random.default_rng(shuffle_seed).permutation(len(labels))
-      dirs, frames, labels = dirs[order], frames[order], labels[order]
+      ids, frames, labels = ids[order], frames[order], labels[order]
+    dirs = np.array([os.path.join(self.frames_root, v) for v in ids], dtype=str)
     return tf.data.Dataset.from_tensor_slices(
-        {"image": {"dir": dirs, "num_frames": frames}, "label": labels})
+        {"image": {"dir": dirs, "num_frames": frames}, "label": labels, "name": ids})
 
   def preprocessing(self, pp: str) -> "ClipPreprocess":
     return build(pp, self.frame_names)
@@ -450,17 +456,13 @@ class ClipPreprocess:
 def build(pp: str, names: FrameNames) -> ClipPreprocess:
   """The preprocessing `pp` of a frame store: "<sampling op>|<per-frame ops>"."""
   first, _, rest = pp.partition("|")
-  name, args, kwargs = preprocess.parse_op(first)
-  if name not in SAMPLINGS:
+  if preprocess.parse_op(first)[0] not in SAMPLINGS:
     raise ValueError(
         f"the preprocessing of a frame store starts with its frame sampling, "
         f"random_segments(T) (training) or center_segments(T) (testing), e.g. "
         f"\"random_segments(8)|inception_crop(224)|flip_lr|normalize('imagenet')\"; got "
         f"{pp!r}")
-  try:
-    sampling = SAMPLINGS[name](*args, **kwargs)
-  except TypeError as e:
-    raise ValueError(f"{first.strip()!r}: {e}") from None
+  sampling = preprocess.make_op(SAMPLINGS, first, "frame sampling op")
   return ClipPreprocess(sampling, preprocess.build(rest, FrameSource.image_shape), names)
 
 
@@ -534,7 +536,8 @@ def _stem(path: str) -> str:
 def decode_video(path: str, out_dir: str, *, short_side: int = 0, quality: int = 95) -> int:
   """Writes the frames of the video file `path` as `out_dir/00001.jpg, ...` (resized so
   that the shorter side is `short_side` if > 0); returns their number. The folder appears
-  complete or not at all (written beside it, then renamed); nothing if no frame decodes."""
+  complete or not at all (written beside it, then moved into place, replacing an older
+  one); nothing if no frame decodes."""
   import av  # pylint: disable=import-outside-toplevel  (only this command needs PyAV)
   partial = out_dir + ".partial"
   shutil.rmtree(partial, ignore_errors=True)
@@ -553,10 +556,43 @@ def decode_video(path: str, out_dir: str, *, short_side: int = 0, quality: int =
                                     quality=quality)
         count += 1
     if count:
-      os.replace(partial, out_dir)
+      replace_dir(partial, out_dir)
   finally:
     shutil.rmtree(partial, ignore_errors=True)
   return count
+
+
+def _source(path: str, short_side: int, quality: int) -> dict:
+  """What a video's frames are decoded from: its file (absolute path, size, modification
+  time) and the decoding settings."""
+  st = os.stat(path)
+  return {"source": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+          "short_side": short_side, "quality": quality}
+
+
+def _read_manifest(out_root: str) -> dict[str, dict]:
+  """A frame store's `MANIFEST_FILE`: video id -> `_source` of its frames (the last line of
+  an id counts; a line cut short by a killed run is ignored)."""
+  manifest = {}
+  try:
+    with open(os.path.join(out_root, MANIFEST_FILE)) as f:
+      for line in f:
+        try:
+          entry = json.loads(line)
+          manifest[entry.pop("video")] = entry
+        except (ValueError, KeyError, AttributeError, TypeError):
+          continue
+  except FileNotFoundError:
+    pass
+  return manifest
+
+
+def _write_manifest(out_root: str, manifest: dict[str, dict]) -> None:
+  """Rewrites `MANIFEST_FILE` with one line per video (replacing the file at once)."""
+  path = os.path.join(out_root, MANIFEST_FILE)
+  with open(path + ".tmp", "w") as f:
+    f.writelines(json.dumps({"video": v, **source}) + "\n" for v, source in manifest.items())
+  os.replace(path + ".tmp", path)
 
 
 def _index_videos(videos_dir: str) -> dict[str, str]:
@@ -579,8 +615,10 @@ def decode(videos_dir: str, list_file: str, out_root: str, split: str, *,
            workers: int = 8, progress: bool = True) -> dict:
   """Decodes the videos of `list_file` into the frame store `out_root` as split `split`.
 
-  Returns `{"videos": number listed, "problems": ["<id or line>: <reason>", ...]}` (videos
-  not found, not decodable or without frames, bad annotation lines).
+  Frames decoded earlier are kept if `MANIFEST_FILE` records the same source file and
+  settings (see the module docstring), else decoded again. Returns `{"videos": number
+  listed, "problems": ["<id or line>: <reason>", ...]}` (videos not found, not decodable or
+  without frames, bad annotation lines).
   """
   classes_path = os.path.join(out_root, CLASSES_FILE)
   known = read_classes(classes_path) if os.path.isfile(classes_path) else None
@@ -598,31 +636,49 @@ def decode(videos_dir: str, list_file: str, out_root: str, split: str, *,
   files = _index_videos(videos_dir)
   frames_root = os.path.join(out_root, FRAMES_DIR)
   os.makedirs(frames_root, exist_ok=True)
+  manifest = _read_manifest(out_root)
+  unchecked = []  # ids whose frames are kept without their file
 
   def run(entry):
+    """(video, label, number of frames, problem or None, `_source` if decoded now)."""
     video, label = entry
     out = os.path.join(frames_root, video)
-    if os.path.isdir(out):  # decoded by an earlier run
-      return video, label, len(os.listdir(out)), None
     if video not in files:
-      return video, label, 0, f"no video file {video}.* under {videos_dir}"
+      if os.path.isdir(out):
+        unchecked.append(video)
+        return video, label, len(os.listdir(out)), None, None
+      return video, label, 0, f"no video file {video}.* under {videos_dir}", None
+    source = _source(files[video], short_side, quality)
+    if os.path.isdir(out) and manifest.get(video) == source:  # decoded from this very file
+      return video, label, len(os.listdir(out)), None, None
     try:
       count = decode_video(files[video], out, short_side=short_side, quality=quality)
     except Exception as e:  # pylint: disable=broad-except  (one bad file must not stop all)
-      return video, label, 0, f"cannot decode {files[video]}: {type(e).__name__}: {e}"
-    return video, label, count, None if count else f"empty video: no frame in {files[video]}"
+      return video, label, 0, f"cannot decode {files[video]}: {type(e).__name__}: {e}", None
+    if not count:
+      return video, label, 0, f"empty video: no frame in {files[video]}", None
+    return video, label, count, None, source
 
   decoded = {}
   with concurrent.futures.ThreadPoolExecutor(workers) as pool, tqdm.tqdm(
       total=len(entries), desc=f"decoding {split}", unit="video", disable=not progress,
-      dynamic_ncols=True) as bar:
-    for video, label, count, problem in pool.map(run, entries):
+      dynamic_ncols=True) as bar, open(os.path.join(out_root, MANIFEST_FILE), "a") as log:
+    for video, label, count, problem, source in pool.map(run, entries):
       if problem:
         problems.append(f"{video}: {problem}")
         bar.set_postfix(skipped=len(problems), refresh=False)
       else:
         decoded[video] = (count, label)
+      if source:  # recorded at once: a killed run keeps what it decoded
+        manifest[video] = source
+        log.write(json.dumps({"video": video, **source}) + "\n")
+        log.flush()
       bar.update()
+  _write_manifest(out_root, manifest)
+  if unchecked:
+    logging.info("%d video(s) of %s have no file under %s: kept their frames as decoded "
+                 "earlier, unchecked (e.g. %s)", len(unchecked), list_file, videos_dir,
+                 unchecked[0])
   with open(os.path.join(out_root, f"{split}{LIST_SUFFIX}"), "w") as f:
     f.writelines(f"{v} {n} {l}\n" for v, (n, l) in decoded.items())
   if not known:

@@ -4,7 +4,7 @@ CSTP neck, and TCPNet's second-order head.
 A clip `[B, T, H, W, C]` (C = 3 * snippet_frames) has its frames folded into the batch for
 the 2D backbone; the modules that look across time unfold it to `[B, T, h, w, c]`. The
 backbone's parameter names are the image ResNet's (conv1, bn1, layer{i}_{j}/...), so
-`inflate_image_variables` initialises it from our ImageNet checkpoints. Configurations:
+`gcp.checkpoint.inflate_image_variables` initialises it from our ImageNet checkpoints. Configurations:
 
   TSN       head='gap'                 frames and positions averaged -> dropout -> fc
   AMS-Net   head='cstp', cptm=True     CPTM after layer1 and layer3, CSTP neck on res4/res5,
@@ -37,14 +37,11 @@ import functools
 import re
 from typing import ClassVar, Sequence
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from gcp import ops, reporting
-from gcp.checkpoint import describe_mismatch
+from gcp import ops
 from gcp.layers import ReductionBlock, batch_norm, dense
 from gcp.models.resnet import Bottleneck, stem_and_stages
 
@@ -350,64 +347,9 @@ class VideoResNet(nn.Module):
     return logits
 
 
-# ----------------------------------------------------- initialisation from an image model
+# ------------------------------------------- what an image model's checkpoint initialises
 
-_BACKBONE_MODULE = re.compile(r"conv1|bn1|layer\d+_\d+")
-_STEM_KERNEL = "params/conv1/kernel"
-
-
-def inflate_image_variables(image_variables, video_variables):
-  """Video variables with the backbone taken from an image ResNet's (TSN initialisation).
-
-  Every backbone variable (conv1, bn1, layer{i}_{j}/...: params and batch_stats) is
-  copied; for snippets (conv1 with 3k input channels) the RGB kernel is repeated k times
-  along the input channels, unscaled (SPEC §5), matching frame-major stacking. CPTM, the
-  head, the auxiliary head and the classifier keep their values from `video_variables`;
-  the image model's head and classifier are ignored. Logs which variables were copied.
-
-  Args:
-    image_variables: `{"params": ..., "batch_stats": ...}` of an image ResNet of the same
-      depth and width (e.g. `gcp.checkpoint.load_variables` of an ImageNet run), any head.
-      Its `variant` should be the video model's: variables cannot tell.
-    video_variables: freshly initialised variables of the video model.
-
-  Returns:
-    `video_variables` with the backbone replaced (same structure and dtypes).
-
-  Raises:
-    ValueError with a report of the missing, unexpected or mis-shaped backbone variables
-    if the image model's backbone is not the video model's.
-  """
-  name = lambda path: "/".join(path)
-  is_backbone = lambda path: len(path) > 2 and bool(_BACKBONE_MODULE.fullmatch(path[1]))
-  video = {name(p): v for p, v in flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(video_variables)).items()}
-  image = {name(p): v for p, v in flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(image_variables)).items() if is_backbone(p)}
-  wanted = [n for n in video if is_backbone(n.split("/"))]
-
-  def fits(var, want, got):
-    if tuple(want) == tuple(got):
-      return True
-    # A snippet stem: the same kernel with the RGB input channels repeated.
-    return (var == _STEM_KERNEL and len(want) == len(got) == 4 and want[:2] == got[:2]
-            and want[3] == got[3] and want[2] % got[2] == 0)
-  report = describe_mismatch({n: video[n].shape for n in wanted},
-                             {n: np.shape(v) for n, v in image.items()}, fits)
-  if report:
-    raise ValueError(
-        "the image model's backbone does not match the video model's:\n" + report +
-        "\nInitialise from an image ResNet of the same depth and width as the video model "
-        "(its head and classifier are ignored).")
-  repeats = video[_STEM_KERNEL].shape[2] // np.shape(image[_STEM_KERNEL])[2]
-  merged = dict(video)
-  for n in wanted:
-    value = np.asarray(image[n])
-    if n == _STEM_KERNEL:
-      value = np.tile(value, (1, 1, repeats, 1))
-    merged[n] = jnp.asarray(value, dtype=video[n].dtype)
-  fresh = sorted({n.split("/")[1] for n in video} - {n.split("/")[1] for n in wanted})
-  stem = f" (conv1's RGB kernel repeated x{repeats} for snippets)" if repeats > 1 else ""
-  reporting.info(f"Inflated {len(wanted)} backbone variables from the image model{stem}; "
-                 f"fresh: {', '.join(fresh) or 'none'}")
-  return flax.traverse_util.unflatten_dict({tuple(n.split("/")): v for n, v in merged.items()})
+# The backbone's modules, shared with the image ResNet (`gcp.checkpoint.
+# inflate_image_variables` copies them), and the stem kernel snippets widen.
+BACKBONE_MODULE = re.compile(r"conv1|bn1|layer\d+_\d+")
+STEM_KERNEL = "params/conv1/kernel"

@@ -13,10 +13,10 @@ our parameter names with "/":
   head/...                                     the token head (`gcp.heads.TOKEN_HEADS`)
 
 With `stem="conv"` (the DropCov release's DeiT-S, SPEC §4) `embedding` is replaced by
-`conv_stem/...` (`ConvTokenStem`, with BatchNorm statistics in `batch_stats`) and the
-position embedding is the fixed sinusoidal table (`sinusoid_posemb`, not a parameter).
-The release's DeiT-S blocks differ in two more ways that are not reproduced here: qkv
-without bias and LayerNorm eps 1e-5 (PyTorch's default).
+`conv_stem/...` (`ConvTokenStem`, with BatchNorm statistics in `batch_stats`), the position
+embedding is the fixed sinusoidal table (`sinusoid_posemb`, not a parameter), and the blocks
+follow that release too: query / key / value without bias and LayerNorm eps 1e-5
+(PyTorch's default), see `STEMS`.
 
 The class token is prepended before the position embedding is added (the AugReg layout,
 not big_vision's later "posemb before cls" one). Token heads take the normalised tokens
@@ -24,10 +24,11 @@ not big_vision's later "posemb before cls" one). Token heads take the normalised
 MP+'s PSRP adapters (`Transformer/encoderblock_{i}/psrp/{down,scale,shift}`) are switched
 on by the head (`type(head).psrp`), as a ResNet's last stride is by its head.
 
-Numerics: LayerNorm eps 1e-6 (big_vision and timm); GELU exact (erf) by default as timm,
-the PyTorch library Moment Probing and DeiT run in (`approximate_gelu=True` is the tanh
-form big_vision trained the AugReg weights with). With `dtype` bfloat16 the matmuls run in
-bfloat16 while the residual stream, LayerNorms, softmax and the head stay float32.
+Numerics: LayerNorm eps 1e-6 (big_vision and timm; 1e-5 with the conv stem); GELU exact
+(erf) by default as timm, the PyTorch library Moment Probing and DeiT run in
+(`approximate_gelu=True` is the tanh form big_vision trained the AugReg weights with).
+With `dtype` bfloat16 the matmuls run in bfloat16 while the residual stream, LayerNorms,
+softmax and the head stay float32.
 """
 import flax.linen as nn
 import jax
@@ -45,7 +46,10 @@ VIT_SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "vit_test": (8, 32, 2, 2, 64),  # a tiny ViT for tests: 32 px images -> 4 x 4 patches
 }
 LN_EPS = 1e-6
-STEMS = ("patch", "conv")
+# stem -> the block conventions of the release it comes from: (qkv bias, LayerNorm eps).
+# 'patch': ViT / DeiT / AugReg (timm, big_vision); 'conv': the DropCov release's DeiT
+# (`ViTBlock(qkv_bias=False)`, `nn.LayerNorm` with PyTorch's eps).
+STEMS: dict[str, tuple[bool, float]] = {"patch": (True, LN_EPS), "conv": (False, 1e-5)}
 _xavier = nn.initializers.xavier_uniform()
 
 
@@ -107,51 +111,60 @@ def _torch_default_init(fan_in: int):
                                                                  -bound, bound)
 
 
+def _torch_conv(features: int, kernel: int, fan_in: int, dtype, name: str,
+                bias: bool = False) -> nn.Conv:
+  """A stride-1 conv padded as PyTorch's `padding=kernel // 2`, with PyTorch's default
+  initialisation (the release re-initialises only Linear and LayerNorm layers)."""
+  init = _torch_default_init(fan_in)
+  return nn.Conv(features, (kernel, kernel), padding=((kernel // 2, kernel // 2),) * 2,
+                 use_bias=bias, dtype=dtype, kernel_init=init, bias_init=init, name=name)
+
+
 class DenseLayer(nn.Module):
-  """DenseNet-BC layer (timm's `DenseLayer`): BN -> ReLU -> conv 1x1 (bn_size * growth)
-  -> BN -> ReLU -> conv 3x3 (growth), all convs without bias; returns the new features."""
+  """The release's DenseNet-BC layer: ReLU -> conv 1x1 (bn_size * growth) -> ReLU ->
+  conv 3x3 (growth), convs without bias; returns the new features.
+
+  No BatchNorm: the release builds it with timm 0.4.12's `DenseBlock`, whose default
+  `norm_layer` is `nn.ReLU`, so both of DenseNet's "norm + ReLU" slots are a ReLU.
+  """
   growth: int
   bn_size: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    bn = lambda name: batch_norm(train, name=name, dtype=self.dtype)
-    conv = lambda features, k, fan_in, name: nn.Conv(
-        features, (k, k), padding=((k // 2, k // 2),) * 2, use_bias=False, dtype=self.dtype,
-        kernel_init=_torch_default_init(fan_in), name=name)
+  def __call__(self, x):
     hidden = self.bn_size * self.growth
-    y = conv(hidden, 1, x.shape[-1], "conv1")(nn.relu(bn("norm1")(x)))
-    return conv(self.growth, 3, 9 * hidden, "conv2")(nn.relu(bn("norm2")(y)))
+    y = _torch_conv(hidden, 1, x.shape[-1], self.dtype, "conv1")(nn.relu(x))
+    return _torch_conv(self.growth, 3, 9 * hidden, self.dtype, "conv2")(nn.relu(y))
 
 
 class DenseBlock(nn.Module):
-  """`layers` `DenseLayer`s, each fed the concatenation of the input and all earlier
-  layers' outputs: C -> C + layers * growth channels (input first, as timm's)."""
+  """`layers` `DenseLayer`s (`denselayer1`, ... as timm's), each fed the concatenation of
+  the input and all earlier layers' outputs: C -> C + layers * growth channels (input
+  first, as timm's)."""
   layers: int
   growth: int
   bn_size: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    for j in range(self.layers):
-      y = DenseLayer(self.growth, self.bn_size, dtype=self.dtype, name=f"layer_{j}")(x, train)
+  def __call__(self, x):
+    for j in range(1, self.layers + 1):
+      y = DenseLayer(self.growth, self.bn_size, dtype=self.dtype, name=f"denselayer{j}")(x)
       x = jnp.concatenate([x, y], axis=-1)
     return x
 
 
 class Transition(nn.Module):
-  """BN -> conv 1x1 (no bias) -> avg-pool 2x2 / 2. No ReLU: the release's own
-  `DenseTransition`, unlike DenseNet's."""
+  """BN -> conv 1x1 (no bias) -> avg-pool 2x2 / 2. No ReLU, and a real BatchNorm: the
+  release's own `DenseTransition` (its default `norm_layer` is `nn.BatchNorm2d`)."""
   features: int
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = batch_norm(train, name="norm", dtype=self.dtype)(x)
-    x = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                kernel_init=_torch_default_init(x.shape[-1]), name="conv")(x)
+    x = _torch_conv(self.features, 1, x.shape[-1], self.dtype, "conv")(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -167,12 +180,12 @@ class ConvTokenStem(nn.Module):
   224 px: 224 -> 112 -> 56 -> 28 -> 14, i.e. 196 tokens, ordered row-major (h, w) as the
   release's NCHW flatten. Not reproduced: the release drops the last avg-pool when built
   for 112 px images (to keep 14 x 14 tokens); here the stem always downsamples by 16.
-  BatchNorm: PyTorch's eps 1e-5 and momentum 0.1. Convs are initialised as PyTorch's
-  default (the release re-initialises only Linear and LayerNorm layers).
+  BatchNorm (transitions only): PyTorch's eps 1e-5 and momentum 0.1.
 
-  Parameter names: conv, dense_{i}/layer_{j}/{norm1, conv1, norm2, conv2},
-  transition_{i}/{norm, conv}, proj; in the release visual_tokens.tokens.stem.0,
-  stage.{2i}.denselayer{j+1}.*, stage.{2i+1}.*, transition.
+  Parameter names follow the release's module tree (`visual_tokens.tokens.*`): `conv`
+  (stem.0), `stage_{k}` (stage.k: dense blocks at k = 0, 2, 4 with
+  `denselayer{j}/{conv1,conv2}`, transitions at k = 1, 3, 5 with `norm`, `conv`) and `proj`
+  (transition).
   """
   width: int
   token_dim: int = 64
@@ -184,17 +197,13 @@ class ConvTokenStem(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    init = _torch_default_init(9 * x.shape[-1])
-    x = nn.Conv(self.token_dim, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                kernel_init=init, bias_init=init, name="conv")(x)
+    x = _torch_conv(self.token_dim, 3, 9 * x.shape[-1], self.dtype, "conv", bias=True)(x)
     x = max_pool_3x3_s2(x)
     for i in range(3):
       x = DenseBlock(self.layers, self.growth, self.bn_size, dtype=self.dtype,
-                     name=f"dense_{i}")(x, train)
-      x = Transition(self.transition_dim, dtype=self.dtype, name=f"transition_{i}")(x, train)
-    init = _torch_default_init(self.transition_dim)
-    return nn.Conv(self.width, (1, 1), dtype=self.dtype, kernel_init=init, bias_init=init,
-                   name="proj")(x)
+                     name=f"stage_{2 * i}")(x)
+      x = Transition(self.transition_dim, dtype=self.dtype, name=f"stage_{2 * i + 1}")(x, train)
+    return _torch_conv(self.width, 1, self.transition_dim, self.dtype, "proj", bias=True)(x)
 
 
 class MlpBlock(nn.Module):
@@ -215,8 +224,10 @@ class MlpBlock(nn.Module):
 
 class Attention(nn.Module):
   """Multi-head self-attention with Flax `MultiHeadDotProductAttention`'s parameters
-  (query / key / value `[D, H, D/H]`, out `[H, D/H, D]`); softmax in float32."""
+  (query / key / value `[D, H, D/H]` with biases `[H, D/H]` if `qkv_bias`, out
+  `[H, D/H, D]` and its bias); softmax in float32."""
   num_heads: int
+  qkv_bias: bool = True
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -225,8 +236,8 @@ class Attention(nn.Module):
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by {self.num_heads} heads")
     head_dim = d // self.num_heads
-    proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), kernel_init=_xavier,
-                                        dtype=self.dtype, name=name)(x)
+    proj = lambda name: nn.DenseGeneral((self.num_heads, head_dim), use_bias=self.qkv_bias,
+                                        kernel_init=_xavier, dtype=self.dtype, name=name)(x)
     q, k, v = proj("query"), proj("key"), proj("value")
     q = q / jnp.sqrt(head_dim).astype(q.dtype)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
@@ -241,7 +252,8 @@ class PSRP(nn.Module):
   h = ReLU(down(x)), w = scale(h), b = shift(h); the block uses b + (1 + w) * MLP(...).
 
   `scale` and `shift` start at zero so that the frozen network is unchanged at the start
-  of training (our choice; SPEC §4 does not state the release's initialisation).
+  of training (our choice; the release initialises all three like every Linear of its
+  ViT, truncated normal 0.02). The release's names: down, up_weight, up_bias.
   """
   rank: int = 16
 
@@ -263,16 +275,19 @@ class Encoder1DBlock(nn.Module):
   mlp_dim: int
   drop_path: float = 0.0
   psrp_rank: int = 0
+  qkv_bias: bool = True
+  ln_eps: float = LN_EPS
   dtype: jnp.dtype = jnp.float32
   approximate_gelu: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     rng = lambda: self.make_rng("dropout") if train and self.drop_path > 0 else None
-    y = layer_norm("LayerNorm_0")(x)
-    y = Attention(self.num_heads, dtype=self.dtype, name="MultiHeadDotProductAttention_1")(y)
+    y = layer_norm("LayerNorm_0", self.ln_eps)(x)
+    y = Attention(self.num_heads, self.qkv_bias, dtype=self.dtype,
+                  name="MultiHeadDotProductAttention_1")(y)
     x = x + drop_path(y.astype(jnp.float32), self.drop_path, rng(), not train)
-    y = layer_norm("LayerNorm_2")(x)
+    y = layer_norm("LayerNorm_2", self.ln_eps)(x)
     y = MlpBlock(self.mlp_dim, dtype=self.dtype, approximate_gelu=self.approximate_gelu,
                  name="MlpBlock_3")(y).astype(jnp.float32)
     if self.psrp_rank:
@@ -295,7 +310,8 @@ class ViT(nn.Module):
     patch_size, width, depth, num_heads, mlp_dim: the architecture (`VIT_SIZES`).
     stem: 'patch' (a p x p / p conv `embedding` and a learned position embedding, ViT /
       DeiT / AugReg) or 'conv' (`ConvTokenStem` and the fixed `sinusoid_posemb`, the
-      DropCov release's DeiT-S; `patch_size` is then unused).
+      DropCov release's DeiT-S; `patch_size` is then unused). The stem also sets the
+      blocks' qkv bias and LayerNorm eps to its release's (`STEMS`).
     drop_path: stochastic depth of the last block; block i uses drop_path * i / (depth - 1)
       (timm's linear rule). Randomness comes only from the 'dropout' rng.
     psrp_rank: hidden width of the PSRP adapters (16 in MP+).
@@ -335,8 +351,10 @@ class ViT(nn.Module):
     cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
     x = jnp.concatenate([jnp.tile(cls, (b, 1, 1)), x], axis=1)
     psrp = getattr(type(self.head), "psrp", False)
+    qkv_bias, ln_eps = STEMS[self.stem]
     return Encoder(depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                    drop_path=self.drop_path, psrp_rank=self.psrp_rank if psrp else 0,
+                   qkv_bias=qkv_bias, ln_eps=ln_eps,
                    posemb="learned" if self.stem == "patch" else "sinusoidal",
                    dtype=self.dtype, approximate_gelu=self.approximate_gelu,
                    name="Transformer")(x, train)
@@ -364,13 +382,16 @@ class PosEmbed(nn.Module):
 class Encoder(nn.Module):
   """Position embedding, the blocks and the final LayerNorm (big_vision's `Transformer`).
 
-  `posemb`: 'learned' (`PosEmbed`) or 'sinusoidal' (`sinusoid_posemb`, no parameter).
+  `posemb`: 'learned' (`PosEmbed`) or 'sinusoidal' (`sinusoid_posemb`, no parameter);
+  `qkv_bias` and `ln_eps` apply to every block and the final LayerNorm.
   """
   depth: int
   num_heads: int
   mlp_dim: int
   drop_path: float = 0.0
   psrp_rank: int = 0
+  qkv_bias: bool = True
+  ln_eps: float = LN_EPS
   posemb: str = "learned"
   dtype: jnp.dtype = jnp.float32
   approximate_gelu: bool = False
@@ -386,7 +407,8 @@ class Encoder(nn.Module):
     for i in range(self.depth):
       rate = self.drop_path * i / max(self.depth - 1, 1)
       x = Encoder1DBlock(self.num_heads, self.mlp_dim, drop_path=rate,
-                         psrp_rank=self.psrp_rank, dtype=self.dtype,
+                         psrp_rank=self.psrp_rank, qkv_bias=self.qkv_bias,
+                         ln_eps=self.ln_eps, dtype=self.dtype,
                          approximate_gelu=self.approximate_gelu,
                          name=f"encoderblock_{i}")(x, train)
-    return layer_norm("encoder_norm")(x)
+    return layer_norm("encoder_norm", self.ln_eps)(x)

@@ -4,6 +4,8 @@ import operator
 import jax
 import jax.numpy as jnp
 
+from gcp.ops.dtypes import upcast
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Inside the signed square root: as the releases, sign(z) * sqrt(|z| + 1e-8).
 SQRT_EPS = 1e-8
@@ -13,7 +15,7 @@ NORM_SQ_EPS = 1e-24
 
 
 def _signed_sqrt_l2(z: jax.Array) -> jax.Array:
-  """sign(z) * sqrt(|z| + 1e-8), then L2 normalisation over the last axis (float32)."""
+  """sign(z) * sqrt(|z| + 1e-8), then L2 normalisation over the last axis."""
   y = jnp.sign(z) * jnp.sqrt(jnp.abs(z) + SQRT_EPS)
   return y * jax.lax.rsqrt(jnp.maximum(jnp.sum(y * y, axis=-1, keepdims=True), NORM_SQ_EPS))
 
@@ -22,15 +24,16 @@ def bilinear_pool(x: jax.Array) -> jax.Array:
   """BCNN: uncentred second moment, signed square root, full flatten, L2 normalisation.
 
   Args:
-    x: `[..., M, C]` features (M locations of a C-dim vector), any float dtype.
+    x: `[..., M, C]` features (M locations of a C-dim vector), any float dtype (computed
+      in at least float32).
 
   Returns:
-    `[..., C * C]` float32, the row-major flatten of `(1/M) X^T X` after the signed square
-    root, with unit L2 norm (zero for all-zero input).
+    `[..., C * C]` float32 (float64 for float64 input), the row-major flatten of
+    `(1/M) X^T X` after the signed square root, with unit L2 norm (zero for all-zero input).
   """
   if x.ndim < 2:
     raise ValueError(f"bilinear_pool expects features [..., M, C], got shape {x.shape}")
-  x = x.astype(jnp.float32)
+  x = upcast(x)
   # No centring: BCNN pools the raw outer products, unlike the covariance heads.
   y = jnp.einsum("...mc,...md->...cd", x, x, precision=_HIGHEST) / x.shape[-2]
   return _signed_sqrt_l2(y.reshape(*y.shape[:-2], -1))
@@ -84,26 +87,26 @@ def tensor_sketch(x: jax.Array, hashes: jax.Array, signs: jax.Array, dim: int) -
   count sketches sketch_k(x)[j] = sum_{c: h_k(c) = j} s_k(c) x_c; E <psi(x), psi(y)> = <x, y>^2.
 
   Args:
-    x: `[..., M, C]` features, any float dtype.
+    x: `[..., M, C]` features, any float dtype (computed in at least float32).
     hashes: int `[2, C]` with values in `[0, dim)` (from `sketch_params`); values are not
       checked (they are usually traced), and out-of-range ones give wrong sketches.
     signs: `[2, C]` with values in `{+1, -1}` (from `sketch_params`).
     dim: D, the sketch dimension (a Python int).
 
   Returns:
-    `[..., M, dim]` float32, psi per location.
+    `[..., M, dim]` float32 (float64 for float64 input), psi per location.
   """
   _check_sketch_args("tensor_sketch", x, hashes, signs, dim)
   dim = operator.index(dim)
-  x = x.astype(jnp.float32)
-  signs = signs.astype(jnp.float32)
+  x = upcast(x)
+  signs = signs.astype(x.dtype)
   # Both count sketches in one scatter-add over the channel axis (a segment sum; sketch_2's
   # buckets are offset by dim). On CPU at C=512, D=8192, M=196, B=8 it is ~2x faster than
   # x @ P with the dense [C, 2D] +-1 pattern matrix, forward and backward, and faster than
   # jax.ops.segment_sum (which needs the channel axis first).
   ids = jnp.concatenate([hashes[0], hashes[1] + dim]).astype(jnp.int32)
   data = jnp.concatenate([x * signs[0], x * signs[1]], axis=-1)
-  sketches = jnp.zeros(x.shape[:-1] + (2 * dim,), jnp.float32).at[..., ids].add(data)
+  sketches = jnp.zeros(x.shape[:-1] + (2 * dim,), x.dtype).at[..., ids].add(data)
   # The circular convolution of two real vectors is real: rfft/irfft give Re IFFT directly.
   spectrum = (jnp.fft.rfft(sketches[..., :dim], axis=-1) *
               jnp.fft.rfft(sketches[..., dim:], axis=-1))
@@ -115,13 +118,14 @@ def compact_bilinear_pool(x: jax.Array, hashes: jax.Array, signs: jax.Array,
   """CBP: Tensor Sketch per location, summed over locations, signed sqrt, L2 normalisation.
 
   Args:
-    x: `[..., M, C]` features, any float dtype.
+    x: `[..., M, C]` features, any float dtype (computed in at least float32).
     hashes: int `[2, C]` with values in `[0, dim)` (from `sketch_params`).
     signs: `[2, C]` with values in `{+1, -1}` (from `sketch_params`).
     dim: D, the sketch dimension (8192 in the release).
 
   Returns:
-    `[..., dim]` float32 with unit L2 norm (zero for all-zero input).
+    `[..., dim]` float32 (float64 for float64 input) with unit L2 norm (zero for all-zero
+    input).
   """
   _check_sketch_args("compact_bilinear_pool", x, hashes, signs, dim)
   # Sum, not mean, over locations, as the release; the 1e-8 in the signed square root makes

@@ -3,17 +3,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gcp.ops.dtypes import upcast
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def covariance(x: jax.Array) -> jax.Array:
-  """Biased sample covariance of M samples, in float32 whatever the input dtype.
+  """Biased sample covariance of M samples, computed in at least float32 (`ops.upcast`).
 
   Args:
     x: `[..., M, C]` features (M samples of a C-dim vector).
 
   Returns:
-    `[..., C, C]` float32, `(1/M) sum_m (x_m - mu)(x_m - mu)^T`.
+    `[..., C, C]` float32 (float64 for float64 input), `(1/M) sum_m (x_m - mu)(x_m - mu)^T`.
   """
   if x.ndim < 2:
     raise ValueError(f"covariance expects features [..., M, C], got shape {x.shape}")
@@ -21,8 +23,8 @@ def covariance(x: jax.Array) -> jax.Array:
 
 
 def centred(x: jax.Array) -> jax.Array:
-  """`x - mean over samples` in float32: `[..., M, C]` -> `[..., M, C]`."""
-  x = x.astype(jnp.float32)
+  """`x - mean over samples` in at least float32: `[..., M, C]` -> `[..., M, C]`."""
+  x = upcast(x)
   # Subtracting the mean costs O(MC); the PyTorch release's M x M centring matrix, O(M^2 C).
   return x - jnp.mean(x, axis=-2, keepdims=True)
 

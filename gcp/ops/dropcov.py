@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from gcp.ops.covariance import covariance
+from gcp.ops.dtypes import upcast
 
 
 def eca_softmax(s: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -19,13 +20,13 @@ def eca_softmax(s: jax.Array, kernel: jax.Array) -> jax.Array:
       out_c = k_0 s_{c-1} + k_1 s_c + k_2 s_{c+1}, zero beyond the ends.
 
   Returns:
-    `[B, d]` float32 weights summing to 1 over channels.
+    `[B, d]` float32 (float64 for float64 `s`) weights summing to 1 over channels.
   """
   if kernel.shape != (3,):
     raise ValueError(f"eca_softmax expects a kernel of shape (3,), got {kernel.shape}")
-  s = s.astype(jnp.float32)
+  s = upcast(s)
   padded = jnp.pad(s, [(0, 0)] * (s.ndim - 1) + [(1, 1)])
-  k = kernel.astype(jnp.float32)
+  k = kernel.astype(s.dtype)
   logits = k[0] * padded[..., :-2] + k[1] * padded[..., 1:-1] + k[2] * padded[..., 2:]
   return jax.nn.softmax(logits, axis=-1)
 
@@ -38,14 +39,14 @@ def adaptive_drop_rate(y: jax.Array, x: jax.Array) -> jax.Array:
     x: `[B, M, d]` the reweighted features whose covariance the rate looks at.
 
   Returns:
-    A float32 scalar, one drop rate for the whole batch.
+    A float32 (float64 for float64 x) scalar, one drop rate for the whole batch.
   """
   d = y.shape[-1]
   if x.ndim != 3 or x.shape[-1] != d or x.shape[0] != y.shape[0]:
     raise ValueError(f"adaptive_drop_rate expects y [B, d] and x [B, M, d], got "
                      f"{y.shape} and {x.shape}")
-  y = jax.lax.stop_gradient(y.astype(jnp.float32))
-  xc = jax.lax.stop_gradient(x.astype(jnp.float32))
+  xc = jax.lax.stop_gradient(upcast(x))
+  y = jax.lax.stop_gradient(y.astype(xc.dtype))
   xc = xc - jnp.mean(xc, axis=1, keepdims=True)
   # rowsum(Cov) = Xc^T (Xc 1) / M: O(M d) instead of forming the d x d covariance.
   rows = jnp.einsum("bmc,bm->bc", xc, jnp.sum(xc, axis=-1)) / x.shape[1]
@@ -80,9 +81,11 @@ def dropcov_train(x: jax.Array, kernel: jax.Array, key: jax.Array) -> tuple[jax.
     key: a `jax.random` key for the dropout mask.
 
   Returns:
-    (`[B, d, d]` float32 covariance of the dropped-out features, the scalar drop rate).
+    (`[B, d, d]` covariance of the dropped-out features, the scalar drop rate), float32
+    (float64 for float64 x).
   """
-  y = eca_softmax(jnp.mean(x.astype(jnp.float32), axis=-2), kernel)
-  x = x.astype(jnp.float32) * (1.0 + y[:, None, :])
+  x = upcast(x)
+  y = eca_softmax(jnp.mean(x, axis=-2), kernel)
+  x = x * (1.0 + y[:, None, :])
   rate = adaptive_drop_rate(y, x)
   return covariance(channel_dropout(x, rate, key)), rate

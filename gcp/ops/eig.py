@@ -4,6 +4,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from gcp.ops.dtypes import upcast
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -35,17 +37,20 @@ def eig_power(cov: jax.Array, alpha: float = 0.5, eps: float = 1e-12) -> jax.Arr
   not the other side's alpha * eps^(alpha - 1) (5e5 for the defaults). Every entry of K is
   finite and at most max f' = alpha * eps^(alpha - 1) for alpha <= 1.
 
-  For rank-deficient input the null-space eigenvalues are float32 round-off (~1e-7 of the
-  largest); f is not Lipschitz at 0, so the null-null block of the gradient is large and
-  only as meaningful as those eigenvalues. The range-range and range-null blocks are exact.
+  For rank-deficient input the null-space eigenvalues are round-off (~1e-7 of the largest
+  in float32, ~1e-16 in float64); f is not Lipschitz at 0, so the null-null block of the
+  gradient is large and only as meaningful as those eigenvalues. The range-range and
+  range-null blocks are exact. Nothing assumes float32: the divided differences need no
+  tolerance, and eps is part of the function (SPEC §1), the same in every dtype.
 
   Args:
-    cov: `[..., d, d]` symmetric positive semi-definite matrices (any float dtype).
+    cov: `[..., d, d]` symmetric positive semi-definite matrices (any float dtype;
+      computed in at least float32).
     alpha: the power, a Python float > 0 (0.5 is the matrix square root).
     eps: a Python float > 0 added to the clipped eigenvalues; it keeps f'(0+) finite.
 
   Returns:
-    `[..., d, d]` float32.
+    `[..., d, d]` float32 (float64 for float64 input).
   """
   if cov.ndim < 2 or cov.shape[-1] != cov.shape[-2]:
     raise ValueError(f"eig_power expects square matrices [..., d, d], got shape {cov.shape}")
@@ -53,7 +58,7 @@ def eig_power(cov: jax.Array, alpha: float = 0.5, eps: float = 1e-12) -> jax.Arr
     raise ValueError(f"eig_power needs alpha > 0 (the power of the eigenvalues), got {alpha}")
   if not eps > 0:
     raise ValueError(f"eig_power needs eps > 0 (it keeps f'(0) finite), got {eps}")
-  return _eig_power(cov.astype(jnp.float32), float(alpha), float(eps))
+  return _eig_power(upcast(cov), float(alpha), float(eps))
 
 
 def _forward(cov, alpha, eps):

@@ -19,7 +19,8 @@ iterations, post-compensation):
   differences of q_N, for any cotangent. Seven M^2 C or M C^2 matmuls in all against the
   eigh path's two M C^2 and five C^3: the fast choice on CPUs when M < C (e.g. M = 196,
   C = 256 at 224 px).
-All equal plain autodiff of the SPEC loop to float32 rounding (tested to 1e-5 and 1e-6).
+All equal plain autodiff of the SPEC loop to rounding (tested to 1e-5 in float32, 1e-13 in
+float64). They compute in at least float32 (`ops.upcast`): float64 input stays float64.
 """
 import functools
 
@@ -27,11 +28,12 @@ import jax
 import jax.numpy as jnp
 
 from gcp.ops.covariance import centred, covariance
+from gcp.ops.dtypes import upcast
 from gcp.ops.eig import daleckii_krein
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-# Trace floor: all-zero (or constant) features have a zero covariance; without a floor the
-# pre-normalisation divides 0 by 0.
+# Trace floor in float32 (see `trace_eps`): all-zero (or constant) features have a zero
+# covariance; without a floor the pre-normalisation divides 0 by 0.
 TRACE_EPS = 1e-12
 METHODS = ("auto", "newton_schulz", "eigh", "gram")
 
@@ -42,6 +44,17 @@ def _mm(a, b):
 
 def _t(a):
   return jnp.swapaxes(a, -1, -2)
+
+
+def trace_eps(dtype) -> float:
+  """The trace floor for a computation in `dtype`: 1e-12 in float32, 3.5e-30 in float64.
+
+  A trace below the floor is round-off, not signal: centring O(1) features leaves residuals
+  of ~eps each, a trace of ~C eps^2, and 1e-12 is ~70 eps^2 in float32. The floor scales
+  with eps^2 so that it means the same in float64; the float32 floor would distort float64
+  covariances of features below ~1e-6 in scale (trace < 1e-12).
+  """
+  return TRACE_EPS * (float(jnp.finfo(dtype).eps) / float(jnp.finfo(jnp.float32).eps)) ** 2
 
 
 def resolve_method(method: str, num_samples: int | None = None,
@@ -66,7 +79,8 @@ def isqrt(cov: jax.Array, num_iters: int = 5, *, method: str = "newton_schulz",
   models are trained with it, so the iteration count is reproduced exactly.
 
   Args:
-    cov: `[..., d, d]` symmetric positive semi-definite matrices (any float dtype).
+    cov: `[..., d, d]` symmetric positive semi-definite matrices (any float dtype;
+      computed in at least float32).
     num_iters: N >= 1, the number of Newton-Schulz iterations.
     method: 'newton_schulz' (matmuls; autodiff gradient for any cotangent), 'eigh'
       (spectral; gradient w.r.t. symmetric perturbations) or 'auto' (see module doc).
@@ -74,7 +88,7 @@ def isqrt(cov: jax.Array, num_iters: int = 5, *, method: str = "newton_schulz",
     unroll: passed to `jax.lax.scan` by 'newton_schulz' (True unrolls fully).
 
   Returns:
-    `[..., d, d]` float32, Y_N * sqrt(trace(cov)).
+    `[..., d, d]` float32 (float64 for float64 input), Y_N * sqrt(trace(cov)).
   """
   if num_iters < 1:
     raise ValueError(f"isqrt needs num_iters >= 1, got {num_iters}")
@@ -83,8 +97,9 @@ def isqrt(cov: jax.Array, num_iters: int = 5, *, method: str = "newton_schulz",
   method = resolve_method(method)
   if method == "gram":
     raise ValueError("the 'gram' method works on features: use isqrt_cov(x, method='gram')")
-  cov = cov.astype(jnp.float32)
-  trace = jnp.maximum(jnp.trace(cov, axis1=-2, axis2=-1), TRACE_EPS)[..., None, None]
+  cov = upcast(cov)
+  trace = jnp.maximum(jnp.trace(cov, axis1=-2, axis2=-1), trace_eps(cov.dtype))
+  trace = trace[..., None, None]
   a = cov / trace
   if method == "eigh":
     y = _spectral_iteration(a, num_iters)
@@ -100,13 +115,13 @@ def isqrt_cov(x: jax.Array, num_iters: int = 5, *, method: str = "auto") -> jax.
   output (the covariance input only ever sees the cotangent's symmetric part).
 
   Args:
-    x: `[..., M, C]` features, any float dtype.
+    x: `[..., M, C]` features, any float dtype (computed in at least float32).
     num_iters: Newton-Schulz iterations N.
     method: 'auto' (on CPU 'gram' if M < C, else 'eigh'; Newton-Schulz matmuls on
       accelerators), 'newton_schulz', 'eigh' or 'gram' (see module doc).
 
   Returns:
-    `[..., C, C]` float32.
+    `[..., C, C]` float32 (float64 for float64 input).
   """
   if x.ndim < 2:
     raise ValueError(f"isqrt_cov expects features [..., M, C], got shape {x.shape}")
@@ -120,7 +135,7 @@ def isqrt_cov(x: jax.Array, num_iters: int = 5, *, method: str = "auto") -> jax.
 
 
 def _matrix_iteration(a, num_iters, unroll):
-  eye = jnp.eye(a.shape[-1], dtype=jnp.float32)
+  eye = jnp.eye(a.shape[-1], dtype=a.dtype)
 
   def step(carry, _):
     y, z = carry
@@ -200,7 +215,8 @@ def _gram_isqrt(xc, num_iters):
   Gram space. The trace normalisation and post-compensation are left to autodiff."""
   m = xc.shape[-2]
   # trace(cov) = ||xc||^2 / M, floored; a = xc / sqrt(M trace), so that a^T a = cov / trace.
-  trace = jnp.maximum(jnp.sum(jnp.square(xc), axis=(-2, -1), keepdims=True) / m, TRACE_EPS)
+  trace = jnp.maximum(jnp.sum(jnp.square(xc), axis=(-2, -1), keepdims=True) / m,
+                      trace_eps(xc.dtype))
   return _gram_iteration(xc * jax.lax.rsqrt(trace * m), num_iters) * jnp.sqrt(trace)
 
 

@@ -36,8 +36,9 @@ def saved_run(workdir, data_dir, seed):
   checkpoint.save_variables(os.path.join(workdir, "checkpoints"), variables, SPEC)
   log = reporting.MetricLog(workdir)
   for epoch in (1, 2):
-    log.write(4 * epoch, {"epoch": epoch, "train_loss": 2.0 / epoch, "train_top1": 0.1,
-                          "eval_loss": 2.1 / epoch, "eval_top1": 0.1 * epoch})
+    log.write(4 * epoch, 3.0 * epoch, {"epoch": epoch, "train_loss": 2.0 / epoch,
+                                       "train_top1": 0.1, "eval_loss": 2.1 / epoch,
+                                       "eval_top1": 0.1 * epoch})
   log.close()
   return workdir
 

@@ -42,14 +42,22 @@ def logits_gap():
 
 @pytest.fixture(scope="session")
 def torch_models():
-  """Randomised PyTorch reference models by (arch, head, variant), built once."""
+  """Randomised PyTorch ports of the releases' networks by (arch, head, variant), built
+  once, 10 classes: ResNets (full width, reduction to 32), VGG-16-BN (width 8, reduction to
+  8, FC-32) and MobileNetV2 (width 1, the only one where the release's channel rounding
+  equals torchvision's; reduction to 16)."""
   pytest.importorskip("torch", reason="the PyTorch reference needs torch (test extra)")
   from references import torch_resnet
   cache = {}
 
   def get(arch, head, variant="pytorch"):
     if (arch, head, variant) not in cache:
-      model = torch_resnet.ResNet(arch, head, dim=32, num_classes=10, variant=variant)
+      if arch == "vgg16_bn":
+        model = torch_resnet.MPNCOVVGG(width=8, dim=8, hidden=32, num_classes=10)
+      elif arch == "mobilenet_v2":
+        model = torch_resnet.MobileNetV2(head, dim=16, num_classes=10)
+      else:
+        model = torch_resnet.ResNet(arch, head, dim=32, num_classes=10, variant=variant)
       cache[arch, head, variant] = torch_resnet.randomize_(model, seed=len(cache))
     return cache[arch, head, variant]
   return get

@@ -1,5 +1,6 @@
-"""The PyTorch name map for every backbone: torchvision's names and shapes, written out
-here from torchvision's module structure, and an exact round trip through a .pth file."""
+"""The canonical PyTorch name map for every backbone (torchvision's names and shapes,
+written out here from torchvision's module structure), and every CNN release layout's name
+table (gcp.convert.layouts) run both ways and told apart on import."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 import gcp.convert
 from gcp import checkpoint
+from gcp.convert import ConversionError, layouts
 from gcp.convert.torch_layout import entries, infer_model_spec, to_torch
 from gcp.models import create_model
 
@@ -41,8 +43,17 @@ def mobilenet_v2_names():
                   "classifier.1.bias"]
 
 
+def random_variables(spec, seed=0):
+  """Variables of `create_model(**spec)` with random values, without compiling `init`."""
+  model = create_model(**spec)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
+
+
 CASES = {
-    "vgg16_bn": (dict(arch="vgg16_bn", head="isqrt", reduction_dim=8, width=8), vgg16_bn_names),
+    "vgg16_bn": (dict(arch="vgg16_bn", head="isqrt", reduction_dim=8, width=8, hidden=32),
+                 vgg16_bn_names),
     "mobilenet_v2": (dict(arch="mobilenet_v2", head="gap", width_mult=0.25),
                      mobilenet_v2_names),
 }
@@ -51,8 +62,8 @@ CASES = {
 @pytest.mark.parametrize("arch", CASES)
 def test_names_are_torchvisions_and_round_trip_is_exact(arch, tmp_path):
   options, expected_names = CASES[arch]
-  model = create_model(num_classes=7, **options)
-  variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))()
+  spec = {**options, "num_classes": 7}
+  variables = random_variables(spec)
   tensors = to_torch(variables)
   assert sorted(tensors) == sorted(expected_names())
   # torchvision layouts: OIHW convs (depthwise: [C, 1, 3, 3]), [out, in] dense.
@@ -62,16 +73,45 @@ def test_names_are_torchvisions_and_round_trip_is_exact(arch, tmp_path):
     assert tensors["classifier.1.weight"].shape == (7, 1280)
   else:
     assert tensors["features.0.weight"].shape == (8, 3, 3, 3)
-    assert tensors["classifier.0.weight"].shape == (4096, 36)
+    assert tensors["classifier.0.weight"].shape == (32, 36)
 
-  spec = {**options, "num_classes": 7}
   checkpoint.save_variables(str(tmp_path / "ckpt"), variables, spec)
-  gcp.convert.export_pytorch(str(tmp_path / "ckpt"), str(tmp_path / "m.pth"))
+  gcp.convert.export(str(tmp_path / "ckpt"), str(tmp_path / "m.pth"))
   converted_spec, back = gcp.convert.convert(str(tmp_path / "m.pth"))
   assert {k: converted_spec[k] for k in spec} == spec
-  assert jax.tree.structure(back) == jax.tree.structure(jax.device_get(variables))
+  assert jax.tree.structure(back) == jax.tree.structure(variables)
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables)):
-    np.testing.assert_array_equal(a, np.asarray(b))
+    np.testing.assert_array_equal(a, b)
+
+
+# A model each PyTorch CNN layout holds (32 px images would do; the shapes are all we use).
+LAYOUT_MODELS = {
+    "torchvision": dict(arch="resnet18", head="gap", width=8),
+    "mpncovresnet": dict(arch="resnet50", head="dropcov", width=8, reduction_dim=8),
+    "fastmpn_vgg": CASES["vgg16_bn"][0],
+    "gcp_opt_mobilenet": dict(arch="mobilenet_v2", head="isqrt", width_mult=0.25,
+                              reduction_dim=8),
+    "fastmpn_resnet": dict(arch="resnet18", head="isqrt", width=8, reduction_dim=8),
+    "fastmpn_resnet_finetune": dict(arch="resnet18", head="isqrt", width=8, reduction_dim=8),
+}
+
+
+def test_every_cnn_layout_is_tested():
+  assert {n for n, l in layouts.LAYOUTS.items() if l.renames} == set(LAYOUT_MODELS)
+
+
+@pytest.mark.parametrize("name", LAYOUT_MODELS)
+def test_layout_tables_run_both_ways_and_are_told_apart(name):
+  layout = layouts.LAYOUTS[name]
+  spec = {**LAYOUT_MODELS[name], "num_classes": 5}
+  assert layout.fits(spec) == ""
+  canonical = to_torch(random_variables(spec))
+  release = layout.export(random_variables(spec), spec)
+  assert len(release) == len(canonical)
+  assert {layout.renames.to_canonical(n) for n in release} == set(canonical)
+  # Import tells the layout from the names alone (the canonical ones need no telling).
+  detected = layouts.detect("pytorch", release)
+  assert (detected.name if detected else None) == (name if layout.signature else None)
 
 
 def test_every_head_parameter_has_a_name():
@@ -84,3 +124,15 @@ def test_every_head_parameter_has_a_name():
   spec = infer_model_spec(to_torch(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)))
   assert spec == dict(arch="resnet18", width=8, small_input=False, reduction_dim=8,
                       head="dropcov", num_classes=3)
+
+
+def test_a_vgg_without_the_fc4096_classifier_is_named():
+  """fast-MPN-COV's fine-tuned mpncovvgg16_bn ends in one Linear layer (classifier.weight),
+  which gcp's vgg16_bn has no counterpart for."""
+  spec = {**CASES["vgg16_bn"][0], "num_classes": 7}
+  tensors = to_torch(random_variables(spec))
+  for name in [n for n in tensors if n.startswith("classifier.")]:
+    del tensors[name]
+  tensors["classifier.weight"], tensors["classifier.bias"] = np.zeros((7, 36)), np.zeros(7)
+  with pytest.raises(ConversionError, match="fine-tuned VGGs end in one Linear layer"):
+    infer_model_spec(tensors)

@@ -76,8 +76,8 @@ def test_eval_skips_and_counts_the_corrupt_image(tree, images, caplog):
     np.testing.assert_array_equal(label, [expected[c] for c in which])
     skipped = [r.getMessage() for r in caplog.records if "could not be decoded" in
                r.getMessage()]
-    assert skipped == ([f"folder:{root}:train: skipped 1 image(s) that could not be decoded"]
-                       if split == "train" else [])
+    assert skipped == ([f"folder:{root}:train: skipped 1 image(s) that could not be decoded: "
+                        "train/cat/cat_2.jpg"] if split == "train" else [])
 
 
 def test_training_epoch_stays_full_despite_the_corrupt_image(tree, caplog):
@@ -89,7 +89,8 @@ def test_training_epoch_stays_full_despite_the_corrupt_image(tree, caplog):
   # 10 files make 2 batches of 5; one does not decode, so the epoch's first image is reused.
   assert len(batches) == gcp.data.steps_per_epoch(builder, "train", 5) == 2
   assert all(b["image"].shape == (5, 8, 8, 3) for b in batches)
-  assert "train epoch 0: skipped 1 image(s) that could not be decoded" in caplog.text
+  assert ("train epoch 1: skipped 1 image(s) that could not be decoded: train/cat/cat_2.jpg"
+          in caplog.text)
   resumed = list(gcp.data.train_batches(builder, epoch=0, start_step=1, **kw))
   np.testing.assert_array_equal(resumed[0]["image"], batches[1]["image"])
   np.testing.assert_array_equal(resumed[0]["label"], batches[1]["label"])
@@ -107,7 +108,8 @@ def test_large_folder_must_be_converted_and_the_copy_is_used(tree, images, tmp_p
   out = capsys.readouterr().out
   assert "train: 9 images, 1 skipped (do not decode)" in out and "val: 7 images" in out
   assert "train/cat/cat_2.jpg" in caplog.text
-  copy = tmp_path / "gcp_folder" / "my_data" / "1.0.0"
+  copy = tmp_path / "gcp_folder" / folder.config_name(root) / "1.0.0"
+  assert folder.config_name(root).startswith("my_data_")
   assert (copy / "dataset_info.json").exists()
 
   builder = gcp.data.load_builder(f"folder:{root}", str(tmp_path), folder_max_direct=5)
@@ -143,3 +145,61 @@ def test_unknown_split_names_the_folders(tree):
   builder = gcp.data.load_builder(f"folder:{tree[0]}")
   with pytest.raises(ValueError, match=r"Unknown split 'test'.*top-level folders"):
     gcp.data.num_examples(builder, "test")
+
+
+# ------------------------------------------------- undecodable images are named
+
+def test_skipped_images_are_named_to_the_caller(tree):
+  root, _, _ = tree
+  builder = gcp.data.load_builder(f"folder:{root}")
+  for split, expected in (("train", ["train/cat/cat_2.jpg"]), ("val", [])):
+    skipped = []
+    batches = list(gcp.data.eval_batches(builder, split=split, pp=PP_EVAL, per_host_batch=4,
+                                         skipped=skipped))
+    assert skipped == expected
+    assert sum(b["mask"].sum() for b in batches) + len(skipped) == \
+        gcp.data.num_examples(builder, split)
+  skipped = []
+  list(gcp.data.train_batches(builder, split="train", pp="inception_crop(8)",
+                              per_host_batch=5, seed=0, epoch=0, skipped=skipped))
+  assert skipped == ["train/cat/cat_2.jpg"]
+
+
+@pytest.fixture(scope="module")
+def spoilt(tmp_path_factory, images):
+  """12 good images and 3 garbage files (one the last file of the split) in train/."""
+  root = tmp_path_factory.mktemp("spoilt")
+  colors = images.colors(12)
+  for i in range(15):
+    folder_ = root / "train" / f"c{i % 3}"
+    folder_.mkdir(parents=True, exist_ok=True)
+    bad = i in (4, 9, 14)
+    (folder_ / f"img{i:02d}.jpg").write_bytes(b"\xff\xd8 garbage" if bad else
+                                              images.jpeg(colors[i % 12]))
+  return gcp.data.load_builder(f"folder:{root}")
+
+
+def test_skipped_images_are_reported_once_across_a_resume(spoilt):
+  bad = {"train/c1/img04.jpg", "train/c0/img09.jpg", "train/c2/img14.jpg"}
+  skipped = []
+  list(gcp.data.eval_batches(spoilt, split="train", pp=PP_EVAL, per_host_batch=4,
+                             skipped=skipped))
+  assert skipped == sorted(bad)  # the last file of the split too (listing order)
+  kw = dict(split="train", pp="inception_crop(8)", per_host_batch=3, seed=1, epoch=2)
+  # 15 files make 5 batches of 3; 12 decode: 3 come from a second pass, which drops the
+  # garbage again without naming it twice.
+  assert gcp.data.steps_per_epoch(spoilt, "train", 3) == 5
+  full = []
+  uninterrupted = list(gcp.data.train_batches(spoilt, skipped=full, **kw))
+  assert sorted(full) == sorted(bad)
+  split = set()
+  for k in range(1, 5):  # interrupted after k steps, then resumed at step k
+    before, after = [], []
+    for step, batch in enumerate(gcp.data.train_batches(spoilt, skipped=before, **kw)):
+      if step == k - 1:
+        break
+    resumed = list(gcp.data.train_batches(spoilt, start_step=k, skipped=after, **kw))
+    assert before + after == full
+    np.testing.assert_array_equal(resumed[0]["image"], uninterrupted[k]["image"])
+    split.add((len(before), len(after)))
+  assert len(split) > 1  # the resume point falls between the skipped images

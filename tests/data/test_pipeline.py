@@ -109,7 +109,8 @@ def test_image_and_label_keys_are_honoured(keyed, images):
 
 def test_wrong_keys_name_the_features(keyed):
   with pytest.raises(ValueError, match=r"no feature 'label' \(config.data.label_key\); its "
-                                       r"features: \['mask', 'photo', 'species'\]"):
+                                       r"features: mask \(Image\), photo \(Image\), "
+                                       r"species \(ClassLabel\)"):
     gcp.data.num_classes(keyed)
   with pytest.raises(ValueError, match=r"no feature 'image' \(config.data.image_key\)"):
     next(gcp.data.eval_batches(keyed, split="test", pp="resize(8)", per_host_batch=4,

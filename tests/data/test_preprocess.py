@@ -1,4 +1,6 @@
 """Preprocessing ops and the op-string parser."""
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -58,7 +60,7 @@ def test_rgb_repeats_gray():
 
 
 @pytest.mark.parametrize("pp, match", [
-    ("blur(3)", r"unknown preprocessing op 'blur'; available: \["),
+    ("blur(3)", r"unknown preprocessing op 'blur'; available: center_crop, corrupt, "),
     ("resize(28", r"cannot parse preprocessing op 'resize\(28'"),
     ("normalize('cifar')", r"unknown normalisation preset 'cifar'"),
 ])
@@ -129,3 +131,15 @@ def test_encoded_images_decode_to_the_stored_shape():
   assert out.shape == (28, 28, 3)
   assert preprocess.build("resize_shorter(16)|center_crop(16)")(
       _smooth_jpeg()[0], SEED).shape == (16, 16, 3)
+
+
+def test_readme_lists_every_op_as_the_list_command_prints_them(capsys):
+  readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+  begin = "<!-- op table: python -m gcp.data.preprocess --list"
+  start = readme.index("\n", readme.index(begin)) + 1
+  assert preprocess.main(["--list"]) == 0
+  printed = capsys.readouterr().out
+  assert readme[start:readme.index("<!-- end of op table -->")].strip() == printed.strip(), (
+      "the README's op table is out of date: paste the output of "
+      "python -m gcp.data.preprocess --list")
+  assert printed.count("\n| `") == len(preprocess._OPS) + 2  # + the 2 frame samplings

@@ -254,7 +254,7 @@ def test_bad_lines_missing_frames_and_empty_videos_are_named(broken_store, caplo
     batches = list(gcp.data.eval_batches(builder, split="train", pp="center_segments(3)",
                                          per_host_batch=2))
   assert sum(b["mask"].sum() for b in batches) == 1
-  assert "skipped 1 image(s) that could not be decoded" in caplog.text
+  assert "train: skipped 1 video(s) that could not be decoded: 9\n" in caplog.text
 
 
 def test_a_split_without_usable_videos_is_an_error_naming_them(tmp_path, moving_squares):

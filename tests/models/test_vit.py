@@ -1,20 +1,23 @@
-"""ViT backbones and token heads: sizes (by `jax.eval_shape`, no real init of big models),
-the MP head, a PSRP block, the DropCov head and the conv-stem DeiT against PyTorch ports of
-SPEC §4, DropCov's token dropout, drop-path, dtype, options."""
+"""ViT backbones and token heads: sizes (by `jax.eval_shape`, no real init of big models;
+the releases' ports counted on PyTorch's meta device), the MP head, the blocks (MP+'s PSRP,
+the DropCov DeiT's conventions), the DropCov head and the conv token stem against PyTorch
+ports of the releases (tests/references), DropCov's token dropout, drop-path, dtype,
+options. The ports' weights come across through `gcp.convert.vit`'s name tables; whole
+release networks are compared in tests/convert/test_vit_weights.py."""
 import functools
+import operator
 
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from gcp.convert.vit import timm_to_arrays
+from gcp.convert import vit as vit_layouts
 from gcp.heads import HEADS, TOKEN_HEADS, DropCovTokenHead, MPHead, mp_cross_covariance
 from gcp.models import VIT_ARCHS, create_model
-from gcp.models.vit import (ConvTokenStem, Encoder1DBlock, drop_path, resample_posemb,
-                            sinusoid_posemb)
+from gcp.models.vit import (STEMS, ConvTokenStem, Encoder, Encoder1DBlock, drop_path,
+                            resample_posemb, sinusoid_posemb)
 
 from references import torch_dropcov_vit, torch_mp
 
@@ -37,6 +40,15 @@ def vit_params(patch, width, depth, mlp, tokens) -> int:
   return (patch * patch * 3 * width + width) + width + tokens * width + depth * block + 2 * width
 
 
+def release_count(build) -> int:
+  """Parameters of a port built on the meta device (no memory), as the releases' train
+  scripts log them: `sum(p.numel() for p in model.parameters())`, here without frozen
+  ones (DropCov's fixed position table)."""
+  with torch.device("meta"):
+    model = build()
+  return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def test_vit_b16_sizes():
   linear = shapes("vit_b16", "linear")["params"]
   backbone = count({k: v for k, v in linear.items() if k != "head"})
@@ -46,10 +58,13 @@ def test_vit_b16_sizes():
   mp = shapes("vit_b16", "mp")["params"]
   assert count(mp["head"]) == 4_047_146  # SPEC §4
   assert count({k: v for k, v in mp.items() if k != "head"}) == backbone
+  assert count(mp) == 89_845_802 == release_count(
+      lambda: torch_mp.VisionTransformer(probing_mode="mp"))
   plus = shapes("vit_b16", "mp_plus")["params"]
   psrp = count([b["psrp"] for n, b in plus["Transformer"].items() if n.startswith("encoderblock_")])
   assert psrp == 442_368  # SPEC §4: ~0.44 M over 12 blocks
-  assert count(plus) == count(mp) + psrp
+  assert count(plus) == count(mp) + psrp == release_count(
+      lambda: torch_mp.VisionTransformer(probing_mode="mp", tuning_mode="psrp"))
 
 
 @pytest.mark.parametrize("arch, want", [("vit_s16", 22_050_664), ("deit_s16", 22_050_664),
@@ -58,36 +73,31 @@ def test_small_vit_sizes_equal_timm(arch, want):
   assert count(shapes(arch, "linear")) == want  # timm vit_small / deit_small / deit_tiny
 
 
-def _randomise(module: torch.nn.Module, seed=0):
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in module.named_parameters():
-      noise = torch.randn(p.shape, generator=gen) * 0.2
-      p.copy_(1 + noise if "norm" in name and name.endswith("weight") else noise)
-  return module
-
-
-def _mp_variables(ref: torch_mp.MPHead) -> dict:
-  t = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
-  conv = lambda w: w.transpose(2, 3, 1, 0)
-  return {"params": {
-      "proj": {"kernel": t["proj.weight"].T, "bias": t["proj.bias"]},
-      "norm": {"scale": t["norm.weight"], "bias": t["norm.bias"]},
-      "conv_0": {"kernel": conv(t["conv0.weight"])}, "conv_1": {"kernel": conv(t["conv1.weight"])},
-      "fc_cls": {"kernel": t["fc_cls.weight"].T, "bias": t["fc_cls.bias"]},
-      "fc_cov": {"kernel": t["fc_cov.weight"].T, "bias": t["fc_cov.bias"]}}}
+def from_release(ref: torch.nn.Module, prefix: str, layout: str, module, *inputs,
+                 at: tuple[str, ...]) -> dict:
+  """A port's weights as the variables of `module`, a part of our ViT at path `at` (e.g.
+  ("head",)) whose release names start with `prefix`, through the layout's name table."""
+  nest = lambda tree: functools.reduce(lambda t, k: {k: t}, reversed(at), tree)
+  target = {c: nest(v) for c, v in
+            jax.eval_shape(module.init, jax.random.key(0), *inputs).items()}
+  tensors = {prefix + k: v for k, v in ref.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+  loaded = vit_layouts.import_variables(tensors, target, layout)
+  return {c: functools.reduce(operator.getitem, at, v) for c, v in loaded.items()}
 
 
 @pytest.mark.parametrize("mean_removal", ["scalar", "channel"])
 def test_mp_head_equals_pytorch_port(mean_removal):
   # D 32, 16 patch tokens, 4 groups of 16 channels: 16 x 16 maps -> 7 x 7 -> 3 x 3.
-  ref = _randomise(torch_mp.MPHead(dim=32, num_classes=5, proj_dim=64, groups=4,
-                                   mean_removal=mean_removal)).eval()
+  ref = torch_mp.randomize_(torch_mp.MomentProbingViT(
+      in_dim=32, hidden_dim=64, num_heads=4, num_classes=5, mean_removal=mean_removal)).eval()
   tokens = np.random.default_rng(1).normal(size=(3, 17, 32)).astype(np.float32)
   with torch.no_grad():
-    want = ref(torch.from_numpy(tokens)).numpy()
+    x = torch.from_numpy(tokens)
+    want = ref(x[:, 0], x).numpy()
   head = MPHead(num_classes=5, proj_dim=64, num_groups=4, mean_removal=mean_removal)
-  got = head.apply(_mp_variables(ref), tokens)
+  variables = from_release(ref, "head.", "moment_probing", head, tokens, at=("head",))
+  got = head.apply(variables, tokens)
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # float32 both sides
 
@@ -108,18 +118,42 @@ def test_mp_mean_removal_modes_differ_and_scalar_is_one_scalar():
 
 
 def test_psrp_block_equals_pytorch_port():
-  ref = _randomise(torch_mp.Block(32, 2, 64, psrp_rank=4), seed=3).eval()
+  ref = torch_mp.randomize_(torch_mp.Block(32, 2, 64, tuning_mode="psrp"), seed=3).eval()
   x = np.random.default_rng(4).normal(size=(2, 17, 32)).astype(np.float32)
   with torch.no_grad():
     want = ref(torch.from_numpy(x)).numpy()
-  sd = {f"blocks.0.{k}": v.numpy() for k, v in ref.state_dict().items() if "psrp" not in k}
-  prefix = "Transformer/encoderblock_0/"
-  params = {tuple(k[len(prefix):].split("/")): v for k, v in timm_to_arrays(sd, 2).items()}
-  for part in ("down", "scale", "shift"):
-    params["psrp", part, "kernel"] = ref.state_dict()[f"psrp_{part}.weight"].numpy().T
-  block = Encoder1DBlock(num_heads=2, mlp_dim=64, psrp_rank=4)
-  got = block.apply({"params": flax.traverse_util.unflatten_dict(params)}, x)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # float32 both sides
+  block = Encoder1DBlock(num_heads=2, mlp_dim=64, psrp_rank=16)
+  variables = from_release(ref, "blocks.0.", "moment_probing", block, x,
+                           at=("Transformer", "encoderblock_0"))
+  np.testing.assert_allclose(block.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_with_the_conv_stem_conventions_equals_the_dropcov_port():
+  """The DropCov DeiT's blocks and final norm: qkv without bias, LayerNorm eps 1e-5. Small
+  weights and tokens that cancel the sinusoidal table keep every LayerNorm's input variance
+  near 1e-5, where eps 1e-5 against 1e-6 changes the output by far more than the tolerance."""
+  assert STEMS["conv"] == (False, 1e-5)
+  ref = torch_dropcov_vit.DeitDrop(32, 2, 2, 64, num_classes=5, cov_heads=2, wr_dim=4)
+  torch_mp.randomize_(ref, seed=5)
+  with torch.no_grad():
+    for m in ref.modules():
+      if isinstance(m, torch.nn.Linear):  # branches of order 1e-3: the stream stays small
+        m.weight.mul_(0.01), m.bias.mul_(0.01) if m.bias is not None else None
+  encoder = torch.nn.ModuleDict({"blocks": ref.blocks, "norm": ref.norm})
+  table = sinusoid_posemb(17, 32)
+  x = (1e-3 * np.random.default_rng(6).normal(size=(2, 17, 32)) - table).astype(np.float32)
+  with torch.no_grad():
+    h = torch.from_numpy(x) + ref.pos_embed[:, :17]
+    for block in ref.blocks:
+      h = block(h)
+    want = ref.norm(h).numpy()
+  make = lambda eps: Encoder(depth=2, num_heads=2, mlp_dim=64, posemb="sinusoidal",
+                             qkv_bias=False, ln_eps=eps)
+  variables = from_release(encoder, "", "dropcov_deit", make(1e-5), x, at=("Transformer",))
+  assert "bias" not in variables["params"]["encoderblock_0"][
+      "MultiHeadDotProductAttention_1"]["query"]
+  np.testing.assert_allclose(make(1e-5).apply(variables, x), want, rtol=1e-4, atol=1e-4)
+  assert np.abs(make(1e-6).apply(variables, x) - want).max() > 0.01
 
 
 @pytest.fixture(scope="module")
@@ -220,13 +254,13 @@ def test_resample_posemb_is_big_vision_bilinear_and_keeps_the_class_token():
 
 def conv_stem_params(width, token_dim=64, growth=16, layers=6, bn_size=2, out=128) -> int:
   """The conv token stem from its description: conv 3x3 (3 -> 64, bias), three dense
-  blocks (per layer BN(c) + conv 1x1 c -> 32 + BN(32) + conv 3x3 32 -> 16) each followed by
-  a transition (BN(c) + conv 1x1 c -> 128), conv 1x1 (128 -> width, bias)."""
+  blocks (per layer conv 1x1 c -> 32 and conv 3x3 32 -> 16, ReLUs without parameters: no
+  BatchNorm) each followed by a transition (BN(c) + conv 1x1 c -> 128), conv 1x1
+  (128 -> width, bias)."""
   hidden = bn_size * growth
   total, c = 9 * 3 * token_dim + token_dim, token_dim
   for _ in range(3):
-    total += sum(2 * (c + j * growth) + (c + j * growth) * hidden + 2 * hidden
-                 + 9 * hidden * growth for j in range(layers))
+    total += sum((c + j * growth) * hidden + 9 * hidden * growth for j in range(layers))
     c += layers * growth
     total += 2 * c + c * out
     c = out
@@ -240,11 +274,16 @@ def test_dropcov_deit_s_sizes():
   # + Dense(384 -> 1000).
   assert count(params["head"]) == 384 * 432 + (3456 * 1000 + 1000) + (384 * 1000 + 1000)
   assert count(params["head"]) == 4_007_888
-  assert count(params["conv_stem"]) == conv_stem_params(384) == 304_224
-  # The rest is DeiT-S without its patch embedding and its learned position embedding.
+  assert count(params["conv_stem"]) == conv_stem_params(384) == 297_792
+  # The rest is DeiT-S without its patch embedding, its learned position embedding and the
+  # query / key / value biases (the release's qkv_bias=False).
   rest = count({k: v for k, v in params.items() if k not in ("head", "conv_stem")})
-  assert rest == vit_params(16, 384, 12, 1536, 197) - (16 * 16 * 3 * 384 + 384) - 197 * 384
+  assert rest == (vit_params(16, 384, 12, 1536, 197) - (16 * 16 * 3 * 384 + 384) - 197 * 384
+                  - 12 * 3 * 384)
   assert "posembed_input" not in params["Transformer"]
+  # The release's count (its main.py logs 75,648 more: the fixed sinusoidal table, a
+  # Parameter with requires_grad=False that the model does not store).
+  assert count(params) == 25_586_576 == release_count(torch_dropcov_vit.DeitDrop)
   assert set(variables["batch_stats"]) == {"conv_stem"}
   tokens = jax.eval_shape(lambda: ConvTokenStem(384).init_with_output(
       jax.random.key(0), jnp.zeros((1, 224, 224, 3))))[0]
@@ -254,20 +293,13 @@ def test_dropcov_deit_s_sizes():
 TOKENS = (np.random.default_rng(6).normal(size=(3, 17, 32)) + 0.5).astype(np.float32)
 
 
-def _dropcov_head_variables(ref: torch_dropcov_vit.DropCovHead) -> dict:
-  t = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
-  return {"params": {
-      "qkv": {"kernel": t["wr.weight"].T},
-      "fc_cls": {"kernel": t["cls_fc.weight"].T, "bias": t["cls_fc.bias"]},
-      "fc_cov": {"kernel": t["visual_fc.weight"].T, "bias": t["visual_fc.bias"]}}}
-
-
 def _dropcov_heads(mean_removal="scalar"):
-  """The PyTorch port and ours, 2 heads of 4 channels on D = 32, 16 patch tokens."""
-  ref = _randomise(torch_dropcov_vit.DropCovHead(32, 5, heads=2, head_dim=4,
-                                                 mean_removal=mean_removal), seed=7)
+  """The release's classifier (port) and ours, 2 heads of 4 channels on D = 32, 16 patch
+  tokens."""
+  ref = torch_mp.randomize_(torch_dropcov_vit.Classifier(32, 5, num_heads=2, wr_dim=4,
+                                                         mean_removal=mean_removal), seed=7)
   head = DropCovTokenHead(num_classes=5, cov_heads=2, cov_head_dim=4, mean_removal=mean_removal)
-  return ref, head, _dropcov_head_variables(ref)
+  return ref, head, from_release(ref, "classifier.", "dropcov_deit", head, TOKENS, at=("head",))
 
 
 @pytest.mark.parametrize("mean_removal", ["scalar", "channel"])
@@ -345,85 +377,20 @@ def test_sinusoid_posemb_is_the_fixed_table():
                              rtol=1e-6, atol=1e-6)
 
 
-def _randomise_batch_norms(module: torch.nn.Module, seed=0):
-  """BatchNorm affine parameters and running statistics away from 1 and 0 (the convs keep
-  PyTorch's default initialisation, which keeps 40 layers' activations of order one)."""
-  gen = torch.Generator().manual_seed(seed)
-  noise = lambda t: 0.2 * torch.randn(t.shape, generator=gen)
-  with torch.no_grad():
-    for m in module.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.weight.copy_(1 + noise(m.weight)), m.bias.copy_(noise(m.bias))
-        m.running_mean.copy_(noise(m.running_mean))
-        m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
-  return module
-
-
-def _conv_stem_variables(stem: torch_dropcov_vit.ConvTokenStem) -> dict:
-  """The release's stem names -> {'params': ..., 'batch_stats': ...} of `ConvTokenStem`."""
-  params, stats = {}, {}
-  arr = lambda t: t.detach().numpy().copy()  # not a view: PyTorch training updates in place
-  conv = lambda m, *path: params.update({path + ("kernel",): arr(m.weight).transpose(2, 3, 1, 0)})
-
-  def bn(m, *path):
-    params.update({path + ("scale",): arr(m.weight), path + ("bias",): arr(m.bias)})
-    stats.update({path + ("mean",): arr(m.running_mean), path + ("var",): arr(m.running_var)})
-
-  conv(stem.stem[0], "conv")
-  params["conv", "bias"] = arr(stem.stem[0].bias)
-  for i in range(3):
-    for j, layer in enumerate(stem.stage[2 * i].values()):
-      path = (f"dense_{i}", f"layer_{j}")
-      bn(layer.norm1, *path, "norm1"), conv(layer.conv1, *path, "conv1")
-      bn(layer.norm2, *path, "norm2"), conv(layer.conv2, *path, "conv2")
-    bn(stem.stage[2 * i + 1].norm, f"transition_{i}", "norm")
-    conv(stem.stage[2 * i + 1].conv, f"transition_{i}", "conv")
-  conv(stem.transition, "proj")
-  params["proj", "bias"] = arr(stem.transition.bias)
-  unflatten = flax.traverse_util.unflatten_dict
-  return {"params": unflatten(params), "batch_stats": unflatten(stats)}
-
-
-def test_conv_stem_dropcov_vit_equals_pytorch_port():
-  """A vit_test-sized DropCov DeiT with the conv stem, the PyTorch port's random weights
-  copied across, in evaluation."""
-  torch.manual_seed(10)
-  ref = torch_dropcov_vit.DropCovViT(num_classes=5).eval()
-  for part in (ref.blocks, ref.norm, ref.head):
-    _randomise(part, seed=11)
-  torch.nn.init.normal_(ref.cls_token, std=0.2)
-  _randomise_batch_norms(ref.stem, seed=12)
-  sd = {k: v.numpy() for k, v in ref.state_dict().items()}
-  backbone = timm_to_arrays({k: v for k, v in sd.items()
-                             if k.startswith(("blocks.", "norm.", "cls_token"))}, 2)
-  stem = _conv_stem_variables(ref.stem)
-  variables = {"params": {**flax.traverse_util.unflatten_dict(
-                   {tuple(k.split("/")): v for k, v in backbone.items()}),
-                          "conv_stem": stem["params"],
-                          "head": _dropcov_head_variables(ref.head)["params"]},
-               "batch_stats": {"conv_stem": stem["batch_stats"]}}
-  model = create_model("vit_test", head="dropcov", num_classes=5, stem="conv", cov_heads=2,
-                       cov_head_dim=4)
-  expected = jax.eval_shape(model.init, jax.random.key(0), SMALL)
-  assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda x: x.shape, expected)
-  with torch.no_grad():
-    want = ref(torch.from_numpy(SMALL.transpose(0, 3, 1, 2))).numpy()
-  got = jax.jit(model.apply)(variables, SMALL)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # float32 both sides
-
-
 def test_conv_stem_in_training_uses_batch_statistics_as_pytorch():
   # Two dense layers per block instead of six: the same code path at a third of the compile.
-  ref = _randomise_batch_norms(torch_dropcov_vit.ConvTokenStem(32, layers=2), seed=13).train()
-  variables = _conv_stem_variables(ref)
+  ref = torch_mp.randomize_(torch_dropcov_vit.DenseNetStyleModule(32, layers=2), seed=13)
+  stem = ConvTokenStem(32, layers=2)
+  variables = from_release(ref.train(), "visual_tokens.tokens.", "dropcov_deit", stem, SMALL,
+                           at=("conv_stem",))
   with torch.no_grad():
     want = ref(torch.from_numpy(SMALL.transpose(0, 3, 1, 2))).numpy()
-  got, updates = jax.jit(functools.partial(ConvTokenStem(32, layers=2).apply, train=True,
-                                           mutable=["batch_stats"]))(variables, SMALL)
+  got, updates = jax.jit(functools.partial(stem.apply, train=True, mutable=["batch_stats"]))(
+      variables, SMALL)
   np.testing.assert_allclose(np.asarray(got).reshape(want.shape), want, rtol=1e-5, atol=1e-5)
   # PyTorch's momentum 0.1 on the running mean (the running variance is updated with the
   # biased batch variance here, the unbiased one in PyTorch: not compared).
-  np.testing.assert_allclose(updates["batch_stats"]["transition_2"]["norm"]["mean"],
+  np.testing.assert_allclose(updates["batch_stats"]["stage_5"]["norm"]["mean"],
                              ref.stage[5].norm.running_mean.numpy(), rtol=1e-5, atol=1e-6)
 
 

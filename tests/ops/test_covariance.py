@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from gcp import ops
+from references.numerics import rel_err
 
 
 def test_covariance_matches_numpy_biased_cov():
@@ -21,6 +22,20 @@ def test_covariance_of_bfloat16_input_is_computed_in_float32():
   assert got.dtype == jnp.float32
   # Same result as upcasting first: no bf16 rounding of the products or the sum.
   np.testing.assert_array_equal(got, ops.covariance(x.astype(jnp.float32)))
+
+
+def test_covariance_in_float64_matches_numpy_and_the_exact_gradient():
+  # float64 in, float64 computed: equal to numpy, and the one-product VJP to the exact
+  # gradient Xc (G + G^T) / M, to float64 rounding.
+  rng = np.random.default_rng(6)
+  x, g = rng.normal(size=(2, 30, 6)), rng.normal(size=(2, 6, 6))
+  with jax.enable_x64(True):
+    got, vjp = jax.vjp(ops.covariance, jnp.asarray(x))
+    (grad,) = vjp(jnp.asarray(g))
+    assert got.dtype == grad.dtype == jnp.float64
+  assert rel_err(got, [np.cov(s.T, bias=True) for s in x]) <= 1e-14
+  xc = x - x.mean(1, keepdims=True)
+  assert rel_err(grad, xc @ (g + g.transpose(0, 2, 1)) / 30) <= 1e-14
 
 
 def test_covariance_of_constant_features_is_zero():

@@ -116,6 +116,23 @@ def test_repeated_and_close_eigenvalues_in_a_rotated_basis(spectrum):
   assert rel_err(grad, daleckii_krein_reference(q, spectrum, w, 0.5)) <= 1e-4
 
 
+@pytest.mark.parametrize("spectrum", [[0.5, 0.8, 1.1, 1.4, 1.7], [1.0, 1.0, 1.0, 2.0, 0.5]])
+def test_float64_input_is_computed_in_float64(spectrum):
+  # With x64 the value and the gradient are float64-exact: against the reference and the
+  # exact Daleckii-Krein gradient from the known eigendecomposition (distinct and repeated
+  # eigenvalues), and against central differences of the reference.
+  cov, q = spd_with_spectrum(spectrum, seed=2)
+  w = np.random.default_rng(3).normal(size=cov.shape)
+  with jax.enable_x64(True):
+    out, vjp = jax.vjp(lambda c: eig_power(c, 0.5), jnp.asarray(cov))
+    (grad,) = vjp(jnp.asarray(w))
+    assert out.dtype == grad.dtype == jnp.float64
+  assert rel_err(out, power_reference(cov)) <= 1e-14
+  assert rel_err(grad, daleckii_krein_reference(q, spectrum, w, 0.5)) <= 1e-13
+  fd = finite_difference_grad(lambda c: np.sum(w * power_reference(c)), cov)
+  assert rel_err(grad, fd) <= 5e-8  # measured 5e-9: the differences' own round-off
+
+
 def test_rank_deficient_covariance():
   # M = 5 samples of C = 12 ReLU features: rank 4, eight (float32 round-off) zero
   # eigenvalues. f is not differentiable at l = 0 (flat to the left, slope up to

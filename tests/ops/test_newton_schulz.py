@@ -131,6 +131,22 @@ def test_bfloat16_features_are_computed_in_float32(method):
   assert grad.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(grad, np.float32)))
 
 
+def test_trace_floor_scales_with_the_dtype():
+  # The floor keeps 0/0 out of the pre-normalisation; it is 1e-12 in float32 and ~3.5e-30
+  # in float64, so float64 features far below float32's floor (here scale 1e-7, trace
+  # ~1e-14) are still computed exactly: isqrt(s^2 cov) = s isqrt(cov) for every method.
+  assert newton_schulz.trace_eps(jnp.float32) == 1e-12
+  assert 3e-30 < newton_schulz.trace_eps(jnp.float64) < 4e-30
+  x = np.maximum(np.random.default_rng(17).normal(size=(2, 5, 4)), 0)
+  with jax.enable_x64(True):
+    for method in FEATURE_METHODS:
+      isqrt_cov = jax.jit(lambda f, method=method: ops.isqrt_cov(f, method=method))
+      small = isqrt_cov(jnp.asarray(1e-7 * x))
+      assert small.dtype == jnp.float64
+      assert rel_err(small, 1e-7 * np.asarray(isqrt_cov(jnp.asarray(x)))) <= 1e-13
+      np.testing.assert_array_equal(isqrt_cov(jnp.zeros(x.shape)), 0.0)
+
+
 def test_unrolled_scan_gives_the_same_result():
   cov = jnp.asarray(relu_covariances(batch=2), jnp.float32)
   np.testing.assert_allclose(ops.isqrt(cov, unroll=True), ops.isqrt(cov), rtol=1e-6, atol=1e-7)
@@ -195,7 +211,7 @@ def _spec_loop(xc, num_iters, xp):
   from its centred input), in numpy or jax.numpy and the input's dtype."""
   cov = xc.T @ xc / len(xc)
   eye = xp.eye(cov.shape[-1], dtype=cov.dtype)
-  trace = xp.maximum(xp.trace(cov), newton_schulz.TRACE_EPS)
+  trace = xp.maximum(xp.trace(cov), newton_schulz.trace_eps(cov.dtype))
   y, z = cov / trace, eye
   for _ in range(num_iters):
     t = 0.5 * (3 * eye - z @ y)

@@ -3,11 +3,14 @@
 Run as a script with a Python that has MindSpore (2.10 needs numpy < 2, so usually a
 separate virtualenv); it imports neither gcp nor jax:
 
-  python mindspore_resnet.py {resnet50,resnet18} {isqrt,dropcov} DIR
+  python mindspore_resnet.py {resnet50,resnet18} {isqrt,dropcov} DIR [CKPT]
 
 reads DIR/images.npy (`[B, H, W, 3]` float32), builds the network with random weights and
 random BatchNorm statistics, and writes DIR/model.ckpt (mindspore.save_checkpoint, with
-the releases' epoch_num / step_num entries) and DIR/logits.npy (evaluation mode).
+the releases' epoch_num / step_num entries) and DIR/logits.npy (evaluation mode). With
+CKPT, it instead loads CKPT into the network as the releases' eval.py does
+(load_checkpoint, load_param_into_net), strictly: it fails unless every parameter of the
+network is loaded and every tensor of CKPT used; then it writes DIR/logits_loaded.npy.
 
 Release conventions: ResNet-50 pads every conv and the max-pool TF-SAME (pad_mode='same')
 with BatchNorm eps 1e-4; ResNet-18 pads symmetrically (max-pool: zero-pad 1, then VALID),
@@ -146,13 +149,22 @@ def randomize(net, seed=0):
     p.set_data(ms.Tensor(value.astype(np.float32)))
 
 
-def main(arch, head, out_dir):
+def main(arch, head, out_dir, checkpoint=None):
   ms.set_context(mode=ms.PYNATIVE_MODE)
   net = ResNetGCP(arch, head)
-  randomize(net)
+  if checkpoint:
+    not_loaded, unused = ms.load_param_into_net(net, ms.load_checkpoint(checkpoint),
+                                                strict_load=True)
+    if not_loaded or unused:
+      sys.exit(f"{checkpoint}: parameters not loaded {not_loaded}, unused {unused}")
+  else:
+    randomize(net)
   net.set_train(False)
   images = np.load(f"{out_dir}/images.npy").transpose(0, 3, 1, 2)
   logits = net(ms.Tensor(np.ascontiguousarray(images))).asnumpy()
+  if checkpoint:
+    np.save(f"{out_dir}/logits_loaded.npy", logits)
+    return
   np.save(f"{out_dir}/logits.npy", logits)
   ms.save_checkpoint(net, f"{out_dir}/model.ckpt",
                      append_dict={"epoch_num": 100, "step_num": 500400})

@@ -1,94 +1,125 @@
-"""PyTorch ports written from SPEC §4: the Moment Probing head, a ViT block with MP+'s PSRP,
-and a ViT with timm's module names (so its `state_dict()` has timm's keys).
+"""PyTorch port of the Moment Probing release (mingzeG/Moment-Probing, timm 0.6): its
+`VisionTransformer` (models/vision_transformer.py) with the `Moment_Probing_ViT` head
+(models/representation/MP.py) and MP+'s `PSRP` (models/representation/PSRP.py). Its
+train.py saves through timm's `CheckpointSaver` (`references.torch_resnet.timm_checkpoint`:
+no `module.` prefix, `state_dict_ema` with --model-ema, which its ImageNet scripts pass).
 
-Layouts follow PyTorch: the MP head's cross-covariances are `[B, 3, 128, 128]` (NCHW), and
-the flattened map is channel-major. The ViT follows timm's `VisionTransformer` (timm 0.4 to
-1.0): `patch_embed.proj`, `cls_token`, `pos_embed` (class token's entry first),
-`blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`, `norm`, `head`;
-LayerNorm eps 1e-6, exact GELU, attention scale head_dim ** -0.5.
+Module names are the release's, so `state_dict()` has the release's keys:
+  patch_embed.proj, cls_token, pos_embed, blocks.{i}.{norm1, attn.qkv, attn.proj, norm2,
+  mlp.fc1, mlp.fc2, psrp.{down, up_weight, up_bias}}, norm, and
+  head (probing_mode 'cls_token': a Linear) or
+  head.{proj, ln, downblocks.0.0, downblocks.0.2, classifier1, classifier2} (probing_mode
+  'mp').
+This is also timm's own `VisionTransformer` layout (timm 0.4 to 1.0) with a Linear head.
+LayerNorm eps 1e-6 in the backbone (1e-5 in the MP head's `ln`), exact GELU, attention
+scale head_dim ** -0.5. Only the release's `cross_type='near'` is ported; the MP head's
+2883 inputs of `classifier2` are computed from its sizes (2883 at the release's 512 / 4).
+`mean_removal='channel'` is not the release's: it ports gcp's alternative for its test.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class MPHead(nn.Module):
-  """Moment Probing: tokens `[B, 1 + N, D]` -> logits `[B, K]` (SPEC §4)."""
-
-  def __init__(self, dim=768, num_classes=1000, proj_dim=512, groups=4, tokens=196,
-               mean_removal="scalar"):
+class Mlp(nn.Module):
+  def __init__(self, dim, hidden):
     super().__init__()
-    self.groups, self.mean_removal = groups, mean_removal
-    self.proj = nn.Linear(dim, proj_dim)
-    self.norm = nn.LayerNorm(proj_dim // groups)
-    self.conv0 = nn.Conv2d(groups - 1, groups - 1, 3, stride=2, bias=False)
-    self.conv1 = nn.Conv2d(groups - 1, groups - 1, 3, stride=2, bias=False)
-    side = ((proj_dim // groups - 3) // 2 + 1 - 3) // 2 + 1
-    self.fc_cls = nn.Linear(dim, num_classes)
-    self.fc_cov = nn.Linear((groups - 1) * side * side, num_classes)
+    self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
 
   def forward(self, x):
-    cls, p = x[:, 0], self.proj(x[:, 1:])
-    b, n, c = p.shape
-    h = self.norm(p.reshape(b, n, self.groups, c // self.groups).permute(0, 2, 1, 3))
-    if self.mean_removal == "scalar":  # one scalar per sample and head: the release's quirk
-      h = h - h.mean(dim=(2, 3), keepdim=True)
-    else:
-      h = h - h.mean(dim=2, keepdim=True)
-    cov = torch.stack([h[:, i].transpose(1, 2) @ h[:, i + 1] / n
-                       for i in range(self.groups - 1)], dim=1)  # [B, G - 1, c, c]
-    cov = F.normalize(cov, dim=2)  # every column (fixed second index) to unit L2 norm
-    y = self.conv1(F.gelu(self.conv0(cov)))
-    return (self.fc_cls(cls) + self.fc_cov(y.flatten(1))) / 2
+    return self.fc2(self.act(self.fc1(x)))
 
 
 class Attention(nn.Module):
-  def __init__(self, dim, num_heads):
+  def __init__(self, dim, num_heads, qkv_bias=True):
     super().__init__()
     self.num_heads = num_heads
-    self.qkv = nn.Linear(dim, 3 * dim)
+    self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
     self.proj = nn.Linear(dim, dim)
 
   def forward(self, x):
     b, n, d = x.shape
     q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(
         2, 0, 3, 1, 4)
-    attn = ((q * (d // self.num_heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+    attn = ((q @ k.transpose(-2, -1)) * (d // self.num_heads) ** -0.5).softmax(dim=-1)
     return self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
 
 
-class Mlp(nn.Module):
-  def __init__(self, dim, hidden):
+class PSRP(nn.Module):
+  """MP+: h = ReLU(down(x)); returns (up_weight(h), up_bias(h))."""
+
+  def __init__(self, channel=768, reduction=16):
     super().__init__()
-    self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+    self.down = nn.Linear(channel, reduction, bias=False)
+    self.up_weight = nn.Linear(reduction, channel, bias=False)
+    self.up_bias = nn.Linear(reduction, channel, bias=False)
 
   def forward(self, x):
-    return self.fc2(F.gelu(self.fc1(x)))
+    h = F.relu(self.down(x))
+    return self.up_weight(h), self.up_bias(h)
 
 
 class Block(nn.Module):
-  """timm's pre-norm block; with `psrp_rank`, MP+'s PSRP (SPEC §4):
-  x = x + b + (1 + w) * MLP(LN2(x)), h = ReLU(down(x)), w = scale(h), b = shift(h)."""
+  """Pre-norm block; tuning_mode 'psrp': x + bias + (weight + 1) * MLP(norm2(x)), PSRP fed
+  the post-attention x. `eps` 1e-6 (timm's ViT); the DropCov port passes 1e-5."""
 
-  def __init__(self, dim, num_heads, mlp_dim, psrp_rank=0):
+  def __init__(self, dim, num_heads, mlp_dim, tuning_mode="", qkv_bias=True, eps=1e-6):
     super().__init__()
-    self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-    self.attn = Attention(dim, num_heads)
-    self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+    self.norm1 = nn.LayerNorm(dim, eps=eps)
+    self.attn = Attention(dim, num_heads, qkv_bias)
+    self.norm2 = nn.LayerNorm(dim, eps=eps)
     self.mlp = Mlp(dim, mlp_dim)
-    self.psrp_rank = psrp_rank
-    if psrp_rank:
-      self.psrp_down = nn.Linear(dim, psrp_rank, bias=False)
-      self.psrp_scale = nn.Linear(psrp_rank, dim, bias=False)
-      self.psrp_shift = nn.Linear(psrp_rank, dim, bias=False)
+    self.tuning_mode = tuning_mode
+    if tuning_mode == "psrp":
+      self.psrp = PSRP(dim)
 
   def forward(self, x):
     x = x + self.attn(self.norm1(x))
     y = self.mlp(self.norm2(x))
-    if self.psrp_rank:
-      h = F.relu(self.psrp_down(x))
-      y = self.psrp_shift(h) + (1 + self.psrp_scale(h)) * y
+    if self.tuning_mode == "psrp":
+      weight, bias = self.psrp(x)
+      y = bias + (weight + 1) * y
     return x + y
+
+
+def _remove_mean(x, mean_removal):
+  """`[B, N, c]`: the release's `Covariance._remove_mean` (adaptive_avg_pool2d over the
+  last two axes: one scalar per sample), or a mean per channel ('channel', gcp's)."""
+  return x - x.mean(dim=(1, 2) if mean_removal == "scalar" else 1, keepdim=True)
+
+
+class MomentProbingViT(nn.Module):
+  """The release's `Moment_Probing_ViT` (cross_type 'near'): (classifier1(cls) +
+  classifier2(flatten(conv(GELU(conv(C)))))) / 2, C_i the column-normalised cross-covariance
+  of adjacent heads of proj(tokens[:, 1:]), each head through the shared `ln`."""
+
+  def __init__(self, in_dim=768, hidden_dim=512, num_heads=4, num_classes=1000,
+               mean_removal="scalar"):
+    super().__init__()
+    self.num_heads, self.mean_removal = num_heads, mean_removal
+    self.proj = nn.Linear(in_dim, hidden_dim)
+    self.ln = nn.LayerNorm(hidden_dim // num_heads)
+    side = ((hidden_dim // num_heads - 3) // 2 + 1 - 3) // 2 + 1
+    self.classifier1 = nn.Linear(in_dim, num_classes)
+    self.classifier2 = nn.Linear((num_heads - 1) * side * side, num_classes)
+    self.downblocks = nn.ModuleList([nn.Sequential(
+        nn.Conv2d(num_heads - 1, num_heads - 1, 3, stride=2, bias=False), nn.GELU(),
+        nn.Conv2d(num_heads - 1, num_heads - 1, 3, stride=2, bias=False))])
+
+  def forward(self, cls_token, x):
+    x = self.proj(x[:, 1:])
+    b, n, d = x.shape
+    heads = x.reshape(b, n, self.num_heads, d // self.num_heads).permute(2, 0, 1, 3)
+    covs = []
+    for i in range(self.num_heads - 1):
+      h0 = _remove_mean(self.ln(heads[i]), self.mean_removal)
+      h1 = _remove_mean(self.ln(heads[i + 1]), self.mean_removal)
+      cov = (h0.transpose(1, 2) @ h1 / n).unsqueeze(1)  # [B, 1, c, c]
+      covs.append(F.normalize(cov, dim=2))
+    y = torch.cat(covs, dim=1)
+    for layer in self.downblocks:
+      y = layer(y)
+    return (self.classifier1(cls_token) + self.classifier2(y.reshape(b, -1))) / 2
 
 
 class PatchEmbed(nn.Module):
@@ -101,19 +132,50 @@ class PatchEmbed(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-  """timm's ViT (class-token pooling): NCHW images -> logits."""
+  """NCHW images -> logits.
 
-  def __init__(self, image_size=32, patch=8, dim=32, depth=2, num_heads=2, mlp_dim=64,
-               num_classes=10):
+  tuning_mode: '' or 'linear_probe' (plain blocks) or 'psrp' (MP+); probing_mode:
+  'cls_token' (Linear head) or 'mp'. `mp_hidden_dim` / `mp_heads`: the MP head's 512 / 4.
+  """
+
+  def __init__(self, image_size=224, patch=16, dim=768, depth=12, num_heads=12, mlp_dim=3072,
+               num_classes=1000, tuning_mode="", probing_mode="cls_token", mp_hidden_dim=512,
+               mp_heads=4):
     super().__init__()
+    self.probing_mode = probing_mode
     self.patch_embed = PatchEmbed(patch, dim)
-    self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+    self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
     self.pos_embed = nn.Parameter(torch.randn(1, 1 + (image_size // patch) ** 2, dim) * 0.02)
-    self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_dim) for _ in range(depth)])
+    self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_dim, tuning_mode)
+                                  for _ in range(depth)])
     self.norm = nn.LayerNorm(dim, eps=1e-6)
-    self.head = nn.Linear(dim, num_classes)
+    if probing_mode == "mp":
+      self.head = MomentProbingViT(dim, mp_hidden_dim, mp_heads, num_classes)
+    else:
+      self.head = nn.Linear(dim, num_classes)
 
   def forward(self, x):
     x = self.patch_embed(x)
     x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-    return self.head(self.norm(self.blocks(x))[:, 0])
+    x = self.norm(self.blocks(x))
+    if self.probing_mode == "mp":
+      return self.head(x[:, 0], x)  # fc_norm is an Identity with the class token
+    return self.head(x[:, 0])
+
+
+def randomize_(model: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
+  """Every trainable parameter and BatchNorm statistic away from its initialisation:
+  weights + N(0, scale^2), LayerNorm / BatchNorm weights 1 + N(0, scale^2), running
+  variances in [0.5, 1.5). Frozen parameters (DropCov's fixed `pos_embed`) are left alone."""
+  gen = torch.Generator().manual_seed(seed)
+  noise = lambda t: scale * torch.randn(t.shape, generator=gen)
+  with torch.no_grad():
+    for m in model.modules():
+      for name, p in m.named_parameters(recurse=False):
+        if p.requires_grad:
+          norm_weight = isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)) and name == "weight"
+          p.copy_((torch.ones_like(p) if norm_weight else p) + noise(p))
+      if isinstance(m, nn.BatchNorm2d):
+        m.running_mean.copy_(noise(m.running_mean))
+        m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
+  return model

@@ -1,12 +1,35 @@
-"""PyTorch ResNets with the releases' GCP head, written from SPEC §2 and §6 (not from ours).
+"""PyTorch ports of the releases' CNNs with their GCP heads, written from the releases' code
+(not from ours), keeping the releases' module names so that state_dict keys are theirs,
+and savers that write files as the releases' training scripts do.
 
-torchvision v1.5 layout and names (conv1, bn1, layer{i}.{j}.conv1 ..., downsample.{0,1},
-fc) plus mpncovresnet's head: layer_reduce (1x1 conv, no bias), layer_reduce_bn, ReLU,
-Covpool -> Sqrtm(5) -> Triuvec from the release port, fc. With a GCP head layer4 keeps
-stride 1. `variant='mindspore'` reproduces the MindSpore releases (SPEC §6): TF SAME
-padding in ResNet-50/101 (extra row/column at the bottom/right of strided convs and the
-max-pool), BatchNorm eps 1e-4, except 1e-5 for the ResNet-18/34 stem and downsample BNs.
+- `ResNet`: torchvision v1.5 layout and names (conv1, bn1, relu, maxpool, layer{i}.{j}...,
+  downsample.{0,1}) with the head of
+    'gap'      torchvision's ResNet (avgpool, fc);
+    'isqrt'    fast-MPN-COV's MPNCOVResNet = GCP_Optimization's ResNet_MPNCOV: layer4 at
+               stride 1, layer_reduce (1x1 conv, no bias), layer_reduce_bn,
+               layer_reduce_relu, Covpool -> Sqrtm(5) -> Triuvec (the release port), fc;
+    'cov'      the same without the square root;
+    'dropcov'  DropCov's ResNet_ACD (CNNs/models/ResNet_ACD.py): eca_layer.conv (Conv1d, 3
+               taps, training only) and, at evaluation, covariance -> triu -> fc.
+  Children are in the releases' order, which fast-MPN-COV's `Basemodel` indexes.
+  `variant='mindspore'` reproduces the MindSpore releases (SPEC §6): TF SAME padding in
+  ResNet-50/101 (extra row/column at the bottom/right of strided convs and the max-pool),
+  BatchNorm eps 1e-4, except 1e-5 for the ResNet-18/34 stem and downsample BNs.
+- `Basemodel`: fast-MPN-COV's src/network/base.py + model_init.py `Newmodel` around an
+  mpncovresnet (MPNCOV) or torchvision ResNet (GAvP): features (the backbone's children),
+  representation (`MPNCOV`, src/representation/MPNCOV.py), classifier.
+- `MPNCOVVGG`: fast-MPN-COV's mpncovvgg16_bn (src/network/mpncovvgg.py), run as its
+  Basemodel runs it (features -> representation -> classifier; the class's own forward
+  skips the representation).
+- `MobileNetV2`: GCP_Optimization's src/models/MobileNetV2.py ('gap') and
+  MobileNetV2_MPNCOV.py ('isqrt': dimension_reduction with ReLU6). Channels are
+  `int(c * width_mult)` as there; torchvision rounds to multiples of 8, which agrees at
+  width_mult 1.0 only.
+Sizes the releases hard-code (the reduction's 256, VGG's 4096) are arguments, for tiny
+test models.
 """
+import argparse
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,9 +85,24 @@ class Block(nn.Module):
     return F.relu(y + (x if self.downsample is None else self.downsample(x)))
 
 
+class ECA(nn.Module):
+  """DropCov's eca_layer (CNNs/representation/eca_layer.py): its parameters only (the
+  layer runs in training alone)."""
+
+  def __init__(self, k_size=3):
+    super().__init__()
+    self.conv = nn.Conv1d(1, 1, kernel_size=k_size, padding=(k_size - 1) // 2, bias=False)
+
+
+def covariance_triu(x: torch.Tensor) -> torch.Tensor:
+  """`[B, C, H, W]` -> the upper triangle of the biased covariance (DropCov's Covariance
+  with remove_mean, then Triuvec; equal to the release's Covpool)."""
+  return torch_release.Triuvec.apply(torch_release.Covpool.apply(x.flatten(2)))
+
+
 class ResNet(nn.Module):
-  """`[B, 3, H, W]` -> logits. head: 'gap' or 'isqrt' (with reduction to `dim`) or 'cov'
-  (DropCov at evaluation: covariance -> triu -> fc)."""
+  """`[B, 3, H, W]` -> logits. head: 'gap', 'isqrt', 'cov' or 'dropcov' (see the module
+  docstring); `dim`: the reduction block's channels."""
 
   def __init__(self, arch, head="gap", dim=256, num_classes=1000, variant="pytorch"):
     super().__init__()
@@ -76,6 +114,8 @@ class ResNet(nn.Module):
     self.head = head
     self.conv1 = _conv(3, 64, 7, 2, self.same)
     self.bn1 = nn.BatchNorm2d(64, edge_eps)
+    self.relu = nn.ReLU(inplace=True)
+    self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
     cin = 64
     for i, n in enumerate(stages):
       stride = 1 if i == 0 or (i == 3 and head != "gap") else 2
@@ -86,44 +126,224 @@ class ResNet(nn.Module):
         cin = 64 * 2**i * (4 if bottleneck else 1)
       setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
     if head == "gap":
+      self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
       self.fc = nn.Linear(cin, num_classes)
-    else:
-      self.layer_reduce = nn.Conv2d(cin, dim, 1, bias=False)
-      self.layer_reduce_bn = nn.BatchNorm2d(dim, eps)
-      self.fc = nn.Linear(dim * (dim + 1) // 2, num_classes)
+      return
+    if head == "dropcov":
+      self.eca_layer = ECA()
+    self.layer_reduce = nn.Conv2d(cin, dim, 1, bias=False)
+    self.layer_reduce_bn = nn.BatchNorm2d(dim, eps)
+    self.layer_reduce_relu = nn.ReLU(inplace=True)
+    self.fc = nn.Linear(dim * (dim + 1) // 2, num_classes)
 
   def forward(self, x):
     x = F.relu(self.bn1(self.conv1(x)))
     if self.same:  # after a ReLU, zero padding equals SAME's -inf padding
       x = F.max_pool2d(F.pad(x, [0, 1, 0, 1] if x.shape[2] % 2 == 0 else [1, 1, 1, 1]), 3, 2)
     else:
-      x = F.max_pool2d(x, 3, 2, padding=1)
+      x = self.maxpool(x)
     for i in range(1, 5):
       x = getattr(self, f"layer{i}")(x)
     if self.head == "gap":
       return self.fc(x.mean(dim=(2, 3)))
     x = F.relu(self.layer_reduce_bn(self.layer_reduce(x)))
-    x = x.flatten(2)  # [B, d, M]
     if self.head == "isqrt":
-      return self.fc(torch_release.meta_layer(x, 5))
-    cov = torch_release.Covpool.apply(x)
-    return self.fc(torch_release.Triuvec.apply(cov))
+      return self.fc(torch_release.meta_layer(x.flatten(2), 5))
+    return self.fc(covariance_triu(x))
+
+
+class MPNCOV(nn.Module):
+  """fast-MPN-COV's MPNCOV representation (iterNum 5, is_sqrt, is_vec): the optional
+  reduction block `conv_dr_block` (conv, BN, ReLU), Covpool -> Sqrtm -> Triuvec."""
+
+  def __init__(self, input_dim, dimension_reduction=None):
+    super().__init__()
+    self.dr = dimension_reduction
+    if dimension_reduction:
+      self.conv_dr_block = nn.Sequential(
+          nn.Conv2d(input_dim, dimension_reduction, kernel_size=1, stride=1, bias=False),
+          nn.BatchNorm2d(dimension_reduction), nn.ReLU(inplace=True))
+
+  def forward(self, x):
+    if self.dr:
+      x = self.conv_dr_block(x)
+    return torch_release.meta_layer(x.flatten(2), 5)
+
+
+class Basemodel(nn.Module):
+  """fast-MPN-COV's Basemodel / Newmodel around `base`, a `ResNet` port (head 'isqrt' for
+  mpncovresnet, 'gap' for torchvision's ResNet with GAvP), sharing its modules:
+    pretrained=False (training from scratch): features = conv1 ... layer4, representation
+      = MPNCOV(dimension_reduction=d) holding the reduction block, classifier = fc;
+    pretrained=True (fine-tuning an mpncovresnet): features = every child but fc (the
+      reduction block included), representation = MPNCOV without reduction.
+  """
+
+  def __init__(self, base: ResNet, pretrained: bool = False):
+    super().__init__()
+    children = list(base.children())
+    if base.head == "gap":
+      self.features = nn.Sequential(*children[:-2])
+      self.representation = base.avgpool  # GAvP
+    elif pretrained:
+      self.features = nn.Sequential(*children[:-1])
+      self.representation = MPNCOV(base.layer_reduce.out_channels)
+    else:
+      self.features = nn.Sequential(*children[:8])
+      self.representation = MPNCOV(base.layer_reduce.in_channels,
+                                   base.layer_reduce.out_channels)
+      self.representation.conv_dr_block[0] = base.layer_reduce
+      self.representation.conv_dr_block[1] = base.layer_reduce_bn
+    self.classifier = base.fc
+
+  def forward(self, x):
+    x = self.representation(self.features(x))
+    return self.classifier(x.view(x.size(0), -1))
+
+
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+         512, 512, 512, "M")
+
+
+def make_layers(cfg, width=64):
+  """mpncovvgg.py's make_layers(cfg, batch_norm=True), channels scaled by width / 64."""
+  layers, cin = [], 3
+  for v in cfg:
+    if v == "M":
+      layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
+    else:
+      v = v * width // 64
+      layers += [nn.Conv2d(cin, v, kernel_size=3, padding=1), nn.BatchNorm2d(v),
+                 nn.ReLU(inplace=True)]
+      cin = v
+  return nn.Sequential(*layers)
+
+
+class MPNCOVVGG(nn.Module):
+  """fast-MPN-COV's mpncovvgg16_bn: VGG-16-BN features without the last max-pool, MPNCOV
+  with a reduction to `dim`, the FC-`hidden` classifier."""
+
+  def __init__(self, width=64, dim=256, hidden=4096, num_classes=1000):
+    super().__init__()
+    self.features = make_layers(VGG16, width)[:-1]
+    self.representation = MPNCOV(512 * width // 64, dim)
+    self.classifier = nn.Sequential(
+        nn.Linear(dim * (dim + 1) // 2, hidden), nn.ReLU(True), nn.Dropout(),
+        nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(),
+        nn.Linear(hidden, num_classes))
+
+  def forward(self, x):
+    x = self.representation(self.features(x))
+    return self.classifier(x.view(x.size(0), -1))
+
+
+class ConvBNReLU(nn.Sequential):
+  def __init__(self, cin, cout, kernel_size=3, stride=1, groups=1):
+    super().__init__(nn.Conv2d(cin, cout, kernel_size, stride, (kernel_size - 1) // 2,
+                               groups=groups, bias=False),
+                     nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+  def __init__(self, inp, oup, stride, expand_ratio):
+    super().__init__()
+    hidden = int(round(inp * expand_ratio))
+    self.use_res_connect = stride == 1 and inp == oup
+    layers = [ConvBNReLU(inp, hidden, kernel_size=1)] if expand_ratio != 1 else []
+    layers += [ConvBNReLU(hidden, hidden, stride=stride, groups=hidden),
+               nn.Conv2d(hidden, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup)]
+    self.conv = nn.Sequential(*layers)
+
+  def forward(self, x):
+    return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+  """GCP_Optimization's MobileNetV2 (head 'gap') / MobileNetV2_MPNCOV (head 'isqrt',
+  `dimension_reduction` to `dim` with ReLU6)."""
+
+  SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+             (6, 160, 3, 2), (6, 320, 1, 1))
+
+  def __init__(self, head="gap", dim=256, num_classes=1000, width_mult=1.0):
+    super().__init__()
+    self.head = head
+    cin, last = int(32 * width_mult), int(1280 * max(1.0, width_mult))
+    features = [ConvBNReLU(3, cin, stride=2)]
+    for t, c, n, s in self.SETTING:
+      for i in range(n):
+        features.append(InvertedResidual(cin, int(c * width_mult), s if i == 0 else 1, t))
+        cin = int(c * width_mult)
+    features.append(ConvBNReLU(cin, last, kernel_size=1))
+    self.features = nn.Sequential(*features)
+    if head == "isqrt":
+      self.dimension_reduction = nn.Sequential(
+          nn.Conv2d(last, dim, kernel_size=1, stride=1, padding=0, bias=False),
+          nn.BatchNorm2d(dim), nn.ReLU6(inplace=True))
+      last = dim * (dim + 1) // 2
+    self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+
+  def forward(self, x):
+    x = self.features(x)
+    if self.head == "gap":
+      return self.classifier(x.mean(2).mean(2))
+    x = torch_release.meta_layer(self.dimension_reduction(x).flatten(2), 5)
+    return self.classifier(x.view(x.size(0), -1))
 
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
   """Random weights and non-trivial BatchNorm statistics, so every tensor matters."""
   gen = torch.Generator().manual_seed(seed)
+  uniform = lambda t, low, high: t.copy_(low + (high - low) * torch.rand(t.shape,
+                                                                          generator=gen))
   with torch.no_grad():
-    for name, t in model.state_dict().items():
-      if name.endswith("num_batches_tracked"):
-        continue
-      if name.endswith("running_var"):
-        t.copy_(0.5 + torch.rand(t.shape, generator=gen))
-      elif name.endswith(("running_mean", "bias")):
-        t.copy_(0.1 * torch.randn(t.shape, generator=gen))
-      elif name.endswith("weight") and ("bn" in name or name.endswith("downsample.1.weight")):
-        t.copy_(0.8 + 0.4 * torch.rand(t.shape, generator=gen))
-      else:  # conv / dense kernels: fan-in scaling keeps activations O(1)
-        fan_in = t[0].numel()
-        t.copy_(torch.randn(t.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+    for module in model.modules():
+      if isinstance(module, nn.BatchNorm2d):
+        uniform(module.weight, 0.8, 1.2)
+        module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
+        module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=gen))
+        uniform(module.running_var, 0.5, 1.5)
+      elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+        w = module.weight  # fan-in scaling keeps activations O(1)
+        w.copy_(torch.randn(w.shape, generator=gen) * (2.0 / w[0].numel()) ** 0.5)
+        if module.bias is not None:
+          module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
   return model.eval()
+
+
+# ------------------------------------------------------------ saved as the releases save
+
+def training_checkpoint(model: nn.Module, arch: str, wrap: str = "model") -> dict:
+  """What the releases' main.py saves every epoch, under DataParallel: `wrap='features'`
+  (fast-MPN-COV; GCP_Optimization and DropCov for VGG / AlexNet) wraps `model.features`,
+  `wrap='model'` (GCP_Optimization, DropCov) the whole model. The state dict comes from the
+  wrapped model; `model` itself is left unwrapped."""
+  features = model.features if wrap == "features" else None
+  if features is not None:
+    model.features = nn.DataParallel(features)
+  wrapped = nn.DataParallel(model) if wrap == "model" else model
+  state = wrapped.state_dict()
+  if features is not None:
+    model.features = features
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+  # fast-MPN-COV names the metric best_prec1, the others best_acc1; both are tensors.
+  return {"epoch": 65, "arch": arch, "state_dict": state, "best_prec1": torch.tensor(77.9),
+          "best_acc1": torch.tensor(77.9), "optimizer": optimizer.state_dict()}
+
+
+def timm_checkpoint(model: nn.Module, ema: nn.Module | None, model_name: str) -> dict:
+  """What timm's CheckpointSaver._save writes (timm 0.4.12 and 0.6, unchanged; Moment
+  Probing, DropCov's transformers): unwrapped state dicts, the optimizer, the native AMP
+  scaler, and the parsed command line as an argparse.Namespace."""
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+  args = argparse.Namespace(model=model_name, model_ema=ema is not None,
+                            model_ema_decay=0.99996, lr=1e-3, mean=None, epochs=300,
+                            prefetcher=True, device="cuda:0", output="output/train")
+  saved = {"epoch": 299, "arch": model_name, "state_dict": model.state_dict(),
+           "optimizer": optimizer.state_dict(), "version": 2, "args": args,
+           "amp_scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                          "growth_interval": 2000, "_growth_tracker": 17}}
+  if ema is not None:
+    saved["state_dict_ema"] = ema.state_dict()
+  saved["metric"] = 82.4
+  return saved
