@@ -67,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.cptm_fusion = "competitive"  # competitive (softmax over branches) | average
   c.model.snippet_frames = 1        # AMS-Net*: 3 frames per segment stacked (9 channels)
   # Vision transformers (gcp.models.vit) and their token heads (gcp.heads.TOKEN_HEADS).
-  c.model.stem = "patch"            # patch (embedding) | conv (DropCov's DeiT-S token stem)
+  c.model.stem = "patch"            # patch (embedding) | conv (the DropCov release's DeiT-S:
+                                    # its token stem, no qkv bias, LayerNorm eps 1e-5)
   c.model.drop_path = 0.0           # stochastic depth of the last block (linear in depth)
   c.model.psrp_rank = 16            # mp_plus: hidden width of the PSRP adapters
   c.model.proj_dim = 512            # mp: patch-token projection, split into num_groups

@@ -519,9 +519,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 
 def _score(config: ml_collections.ConfigDict, workdir: str, source: str, spec: dict,
-           saved: dict) -> dict:
-  """`evaluate_checkpoint` of the checkpoint at `source`, already read (`spec`, `saved`)."""
-  dataset = _prepare_data(config, train=False)
+           saved: dict, dataset: _Data | None = None) -> dict:
+  """`evaluate_checkpoint` of the checkpoint at `source`, already read (`spec`, `saved`),
+  on `dataset` (default: prepared here)."""
+  dataset = dataset or _prepare_data(config, train=False)
   found = data.num_classes(dataset.builder, config.data.label_key)
   if spec["num_classes"] != found:
     raise ValueError(f"the checkpoint at {source} classifies {spec['num_classes']} classes "
@@ -748,7 +749,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       workdir_lib.record(workdir, config, changes, max(on_disk))
       reporting.info(f"the run in {workdir} is finished (step {max(on_disk)} of "
                      f"{total_steps}): evaluating its last checkpoint")
-      return _score(config, workdir, last, *saved)
+      return _score(config, workdir, last, *saved, dataset=dataset)
 
   mesh = make_mesh()
   schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs,

@@ -68,6 +68,8 @@ def main(argv=None) -> int:
   parser.add_argument("--severities", type=_numbers(int), default=list(SEVERITIES),
                       help="comma-separated, of 1-5 (default: all)")
   parser.add_argument("--robustness-split", help="default: the run's evaluation split")
+  parser.add_argument("--frost-dir", help="a folder of ImageNet-C's frost photos "
+                      "(frost1.png ... frost5.jpg) for the exact frost (default: procedural)")
   parser.add_argument("--seed", type=int, default=0, help="sharpness's random vectors")
   args = parser.parse_args(argv)
   analyses = args.analyses
@@ -80,7 +82,8 @@ def main(argv=None) -> int:
         data_dir=args.data_dir, num_batches=args.num_batches, batch_size=args.batch_size,
         layer=args.layer, power_iters=args.power_iters, hutchinson_probes=args.probes,
         corruptions=args.corruptions, severities=args.severities,
-        robustness_split=args.robustness_split, seed=args.seed, **options)
+        robustness_split=args.robustness_split, frost_dir=args.frost_dir, seed=args.seed,
+        **options)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

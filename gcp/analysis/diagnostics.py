@@ -28,7 +28,7 @@ def head_features(model, variables: dict, images, *, train: bool = False):
     x = probe.capture(model, variables, images, probe.HEAD, method="features", train=train)
   else:
     x = probe.capture(model, variables, images, probe.HEAD, inputs=True, train=train)
-  return x.reshape(x.shape[0], -1, x.shape[-1]).astype(jnp.float32)
+  return ops.upcast(x.reshape(x.shape[0], -1, x.shape[-1]))
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

@@ -21,8 +21,8 @@ def analyze(workdir: str, *, analyses=ANALYSES, baseline: str | None = None,
             compare_with=(), data_dir: str | None = None, num_batches: int = 2,
             batch_size: int = 128, layer: str | None = None, etas=landscape.DEFAULT_ETAS,
             power_iters: int = 20, hutchinson_probes: int = 10, corruptions=CORRUPTIONS,
-            severities=SEVERITIES, robustness_split: str | None = None, seed: int = 0,
-            out_dir: str | None = None) -> dict:
+            severities=SEVERITIES, robustness_split: str | None = None,
+            frost_dir: str | None = None, seed: int = 0, out_dir: str | None = None) -> dict:
   """Runs `analyses` on the latest checkpoint of the run in `workdir` and writes
   `<name>.json` and `<name>.png` for each into `out_dir` (default `workdir/analysis`).
 
@@ -43,6 +43,8 @@ def analyze(workdir: str, *, analyses=ANALYSES, baseline: str | None = None,
     power_iters, hutchinson_probes, seed: sharpness settings.
     corruptions, severities, robustness_split: robustness settings (default split: the
       run's evaluation split).
+    frost_dir: a folder of ImageNet-C's frost photos for robustness's frost (default: the
+      procedural texture).
 
   Returns:
     `{analysis name: result}` as written.
@@ -75,7 +77,7 @@ def analyze(workdir: str, *, analyses=ANALYSES, baseline: str | None = None,
     _write(out_dir, "sharpness", results["sharpness"],
            plots.plot_sharpness({label: results["sharpness"]}))
   if "robustness" in analyses:
-    settings = (robustness_split, batch_size, corruptions, severities)
+    settings = (robustness_split, batch_size, corruptions, severities, frost_dir)
     errors = robustness.corruption_errors_of(run, *settings)
     curves = {label: errors}
     base = None
@@ -106,7 +108,8 @@ def headline(results: dict) -> dict:
   if "robustness" in results:
     summary = results["robustness"]["summary"]
     out["robustness"] = {k: summary[k] for k in ("clean_error", "mean_corruption_error",
-                                                 "mce", "relative_mce") if k in summary}
+                                                 "mce", "relative_mce", "corruptions",
+                                                 "frost") if k in summary}
   if "compare" in results:
     out["compare"] = {label: {k: r["final"][k] for k in ("epoch", "seconds", "eval_top1")}
                       for label, r in results["compare"].items()}

@@ -13,15 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from gcp import reporting
+from gcp import ops, reporting
 from gcp.analysis import probe, runs
 
 Tree = dict
 
 
 def tree_dot(a: Tree, b: Tree) -> jax.Array:
-  """Sum of elementwise products of two trees of the same structure, in float32."""
-  return sum(jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+  """Sum of elementwise products of two trees of the same structure, in at least float32
+  (float64 trees in float64)."""
+  return sum(jnp.vdot(ops.upcast(x), ops.upcast(y))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 

@@ -188,11 +188,12 @@ def random_erase(prob: float = 0.25, min_area: float = 0.02, max_area: float = 1
 
 
 @_op
-def corrupt(name: str, severity: int):
+def corrupt(name: str, severity: int, frost_dir: str | None = None):
   """ImageNet-C corruption `name` at `severity` 1-5 (after the crop, before normalize).
 
-  On fixed-size 0-255 images (`gcp.data.corruptions` lists the names)."""
-  return corruptions.corruption(name, severity)
+  On fixed-size 0-255 images (`gcp.data.corruptions` lists the names); `frost_dir`: a
+  folder of ImageNet-C's frost photos, for `corrupt('frost', s, frost_dir='...')`."""
+  return corruptions.corruption(name, severity, frost_dir)
 
 
 @_op

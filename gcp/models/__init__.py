@@ -84,12 +84,12 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
       `hidden`, `dropout`; MobileNetV2 `width_mult`, `dropout`) and head attributes
       (`num_iters`, `isqrt_method`, `alpha`, `sketch_dim`); video `cptm`, `cptm_fusion`,
       `snippet_frames`, `dropout`, tcp head `inner_dim`, `num_iters` (TCPNet: 3),
-      `isqrt_method`; ViT `stem` ('patch' | 'conv': DropCov's DeiT-S token stem),
-      `drop_path`, `psrp_rank`, `approximate_gelu`; token-head `proj_dim`, `num_groups`,
-      `mean_removal` (mp) and `cov_heads`, `cov_head_dim`, `token_drop`, `cov_drop`
-      (dropcov). An
-      option that only other backbones or heads take is ignored, so one config serves
-      every combination; a name none of them knows is an error. ViTs ignore
+      `isqrt_method`; ViT `stem` ('patch' | 'conv': the DropCov release's DeiT-S, its
+      token stem, no qkv bias and LayerNorm eps 1e-5), `drop_path`, `psrp_rank`,
+      `approximate_gelu`; token-head `proj_dim`, `num_groups`, `mean_removal` (mp) and
+      `cov_heads`, `cov_head_dim`, `token_drop`, `cov_drop` (dropcov). An option that
+      only other backbones or heads take is ignored, so one config serves every
+      combination; a name none of them knows is an error. ViTs ignore
       `reduction_dim` and `init_scheme` (they initialise as big_vision).
   """
   _check("arch", arch, ARCHS)

@@ -1,11 +1,13 @@
-"""Robustness: where the corruption goes in the preprocessing, CE / mCE arithmetic, and
-corruption errors against a direct evaluation of the same corrupted images."""
+"""Robustness: where the corruption goes in the preprocessing, CE / mCE arithmetic,
+corruption errors against a direct evaluation of the same corrupted images, and what the
+results say about the corruptions (ImageNet-C's, which frost)."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gcp import data
 from gcp.analysis import robustness
+from gcp.data import corruptions
 
 PP = "rgb|resize(8)|normalize(33.4, 78.6)"
 
@@ -15,6 +17,10 @@ def test_corruption_goes_before_normalize():
           "rgb|resize(8)|corrupt('fog', 2)|normalize(33.4, 78.6)")
   assert robustness.corrupted_pp("rgb|center_crop(24)", "contrast", 5) == (
       "rgb|center_crop(24)|corrupt('contrast', 5)")
+  # ImageNet-C's frost photos reach the frost op only.
+  assert (robustness.corrupted_pp(PP, "frost", 3, "/photos") ==
+          "rgb|resize(8)|corrupt('frost', 3, frost_dir='/photos')|normalize(33.4, 78.6)")
+  assert "frost_dir" not in robustness.corrupted_pp(PP, "fog", 3, "/photos")
 
 
 def test_ce_and_mce_follow_the_definitions():
@@ -32,6 +38,12 @@ def test_ce_and_mce_follow_the_definitions():
   np.testing.assert_allclose(summary["mean_error"]["a"], 0.3)
   with pytest.raises(ValueError, match="same corruptions and severities"):
     robustness.corruption_summary(result, {**baseline, "severities": [1, 3]})
+  # CE needs the same frost for both (procedural, or ImageNet-C's photos).
+  frosty = {**result, "errors": {"frost": [0.3, 0.5]},
+            "frost": corruptions.frost_source("/photos")}
+  with pytest.raises(ValueError, match="evaluate both with the same frost_dir"):
+    robustness.corruption_summary(frosty, {**baseline, "errors": {"frost": [0.4, 0.5]},
+                                           "frost": corruptions.frost_source()})
 
 
 def direct_error(model, variables, builder, pp):
@@ -51,6 +63,12 @@ def test_corruption_errors_match_a_direct_evaluation(tiny, data_dir):
                                         batch_size=16, corruptions=("contrast", "fog"),
                                         severities=(5,))
   assert result["examples"] == 40 and result["severities"] == [5]
+  # The result (and its summary, robustness.json) says what the corruptions are.
+  summary = robustness.corruption_summary(result)
+  for said in (result, summary):
+    assert said["corruptions"] == corruptions.STATEMENT
+    assert said["corruptions"].startswith("the corruptions follow ImageNet-C")
+    assert said["frost"] == corruptions.frost_source() and "procedural" in said["frost"]
   assert result["clean_error"] == pytest.approx(direct_error(model, variables, builder, PP))
   for name in ("contrast", "fog"):
     expected = direct_error(model, variables, builder, robustness.corrupted_pp(PP, name, 5))
