@@ -16,10 +16,11 @@ from gcp.data import corruptions, preprocess
 # Ordered by pixel distance from the clean image (mean |difference|) in ImageNet-C's own
 # parameter tables. Not so: frost (the image fades while the frost weight grows: ordered
 # by 1 - correlation with the clean image instead), fog (a rougher fractal at severity 4
-# than at 3, same amount), snow (fewer, larger flakes at 3 than at 2) and
-# elastic_transform (1-2 are large affine warps, 3-5 local elastic ones): for these three
-# the test checks that every severity changes the image.
-BY_DISTANCE = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
+# than at 3, same amount), glass_blur (one shuffle pass at 2, two at 1; three at 3, two
+# at 4: its ordering is checked against ImageNet-C's below), snow (fewer, larger flakes at
+# 3 than at 2) and elastic_transform (1-2 are large affine warps, 3-5 local elastic
+# ones): for these the test checks that every severity changes the image.
+BY_DISTANCE = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur",
                "motion_blur", "zoom_blur", "brightness", "contrast", "pixelate",
                "jpeg_compression")
 BY_CORRELATION = ("frost",)
@@ -52,8 +53,8 @@ def sweeps():
 
 def test_families_cover_imagenet_c():
   assert sum(len(v) for v in corruptions.FAMILIES.values()) == 15
-  assert set(BY_DISTANCE + BY_CORRELATION + ("fog", "snow", "elastic_transform")) == set(
-      corruptions.CORRUPTIONS)
+  assert set(BY_DISTANCE + BY_CORRELATION +
+             ("fog", "glass_blur", "snow", "elastic_transform")) == set(corruptions.CORRUPTIONS)
 
 
 @pytest.mark.parametrize("name", corruptions.CORRUPTIONS)
@@ -290,20 +291,25 @@ def test_glass_shuffle_is_imagenet_c_sequential_copy():
 
 @pytest.mark.parametrize("name", ["defocus_blur", "pixelate", "jpeg_compression"])
 def test_deterministic_corruptions_match_imagenet_c(photos, name, tmp_path):
-  """Within 1 grey level on average at every severity."""
+  """ImageNet-C's pixels at every severity: pixelate and jpeg_compression bit for bit,
+  defocus_blur but for float rounding (a level on 2 % of the values at severity 1, whose
+  kernel is 29 equal weights). The issue asked for 1 level on average; the old ops were
+  0.3-2 levels off."""
   reference = {"defocus_blur": defocus_blur_reference, "pixelate": pixelate_reference,
                "jpeg_compression": lambda x, s: jpeg_reference(x, s, tmp_path)}[name]
   for severity in corruptions.SEVERITIES:
     for photo in photos:
-      got = corrupt(photo, name, severity, 0)
-      difference = np.abs(got - reference(photo, severity))
-      assert difference.mean() <= 1.0, (name, severity, difference.mean())
+      difference = np.abs(corrupt(photo, name, severity, 0) - reference(photo, severity))
+      assert difference.max() <= 1 and difference.mean() <= 0.05, (
+          name, severity, difference.max(), difference.mean())
 
 
-@pytest.mark.parametrize("name, draws", [("fog", 3), ("glass_blur", 1)])
+@pytest.mark.parametrize("name, draws", [("fog", 12), ("glass_blur", 1)])
 def test_random_corruptions_match_imagenet_c(photos, name, draws):
-  """Mean PSNR to the clean photo within 1 dB of ImageNet-C's at every severity, and the
-  severities in the same order."""
+  """Mean PSNR to the clean photo within 1 dB of ImageNet-C's at every severity (a fog's
+  PSNR varies by 1.2 dB from draw to draw, a glass blur's by 0.05 dB), and the severities
+  in ImageNet-C's order where its PSNRs are 0.5 dB apart or more (fog 3 and 4, glass blur
+  3 and 5 are as strong)."""
   reference = {"fog": fog_reference, "glass_blur": glass_blur_reference}[name]
   rng = np.random.default_rng(0)
   ours, theirs = [], []
@@ -313,7 +319,30 @@ def test_random_corruptions_match_imagenet_c(photos, name, draws):
     theirs.append(np.mean([psnr(reference(photo, severity, rng), photo)
                            for photo in photos for _ in range(draws)]))
   np.testing.assert_allclose(ours, theirs, atol=1.0, err_msg=name)
-  assert list(np.argsort(ours)) == list(np.argsort(theirs)), (ours, theirs)
+  for i in range(5):
+    for j in range(5):
+      if theirs[i] >= theirs[j] + 0.5:
+        assert ours[i] > ours[j], (name, i + 1, j + 1, ours, theirs)
+
+
+def test_fog_on_imagenet_c_draws_is_imagenet_c(photos, monkeypatch):
+  """Fed the uniform draws of ImageNet-C's plasma fractal (in its order: squares' centres,
+  then the two sets of edge midpoints, per step), fog gives ImageNet-C's pixels (float32
+  against float64: a level here and there)."""
+  rng = np.random.default_rng(1)
+  for severity in corruptions.SEVERITIES:
+    draws = []
+
+    class Recorder:
+      @staticmethod
+      def uniform(low, high, shape):
+        draws.append(rng.uniform(-1.0, 1.0, shape))
+        return draws[-1] * high
+    expected = fog_reference(photos[1], severity, Recorder())
+    monkeypatch.setattr(corruptions, "_uniform", lambda shape, key, low, high: tf.constant(
+        draws.pop(0) * high, tf.float32))
+    difference = np.abs(corrupt(photos[1], "fog", severity, 0) - expected)
+    assert not draws and difference.max() <= 1 and difference.mean() < 0.01, severity
 
 
 def test_frost_from_imagenet_c_photos(photos, tmp_path):
