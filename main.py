@@ -27,6 +27,7 @@ from ml_collections import config_flags  # noqa: E402
 from gcp import config as config_lib  # noqa: E402
 from gcp import train, workdir as workdir_lib  # noqa: E402
 from gcp.analysis.landscape import training_probe  # noqa: E402
+import gcp.pretrained  # noqa: E402,F401  (registers --config.init_from=pretrained:NAME)
 
 config_lib.check_overrides(sys.argv)
 _CONFIG = config_flags.DEFINE_config_file(

@@ -27,8 +27,12 @@ setup(
     extras_require={
         # torch runs the PyTorch port of the release that the operators are tested against.
         # nbclient, nbformat and ipykernel execute the notebooks (tests/test_notebooks.py).
+        # gdown: the Google Drive downloads of gcp.pretrained (tests/test_pretrained.py).
         "test": ["pytest>=8", "torch==2.13.0", "av>=12", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6.29"],
+                 "ipykernel>=6.29", "gdown>=5.2"],
+        # gdown follows Google Drive's confirmation page (python -m gcp.pretrained download).
+        # The PyTorch releases' files also need torch (a CPU build is enough).
+        "pretrained": ["gdown>=5.2"],
         # PyAV decodes video files into frame stores (python -m gcp.data.video decode).
         "video": ["av>=12"],
         "cuda": ["jax[cuda12]"],

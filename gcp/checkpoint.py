@@ -12,8 +12,9 @@ the step folder, the file and the reason; training falls back to the newest chec
 that restores (`Checkpointer.restore_newest`).
 
 Wherever a checkpoint is read, `directory` is a checkpoint directory (`WORKDIR/
-checkpoints`, or one written by `python -m gcp.convert`), a workdir holding one, or one
-step's folder (`WORKDIR/checkpoints/248`: that step).
+checkpoints`, or one written by `python -m gcp.convert`), a workdir holding one, one
+step's folder (`WORKDIR/checkpoints/248`: that step), or a registered source's
+`prefix:NAME` (`register_source`; `pretrained:NAME` once gcp.pretrained is imported).
 
 Weight surgery lives here too: `merge_pretrained` (fine-tuning) and
 `inflate_image_variables` (a video model from an image model's checkpoint).
@@ -240,10 +241,36 @@ def steps(directory: str) -> list[int]:
   return sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
 
 
+# Named checkpoint sources: `prefix:NAME` wherever a checkpoint is read is the directory
+# `resolve(NAME)` returns. Modules above this one register theirs, so that it imports none
+# of them; the known ones are named in the error when unregistered.
+_SOURCES: dict[str, Callable[[str], str]] = {}
+_KNOWN_SOURCES = {"pretrained": "gcp.pretrained"}
+
+
+def register_source(prefix: str, resolve: Callable[[str], str]) -> None:
+  """Makes `prefix:NAME` a checkpoint source: `resolve(NAME)` returns its checkpoint
+  directory (gcp.pretrained registers 'pretrained')."""
+  _SOURCES[prefix] = resolve
+
+
+def _resolve(source: str) -> str:
+  prefix, sep, name = source.partition(":")
+  if not sep or os.path.exists(source):
+    return source
+  if prefix in _SOURCES:
+    return _SOURCES[prefix](name)
+  if prefix in _KNOWN_SOURCES:
+    raise FileNotFoundError(f"{source!r}: {prefix}:NAME needs `import "
+                            f"{_KNOWN_SOURCES[prefix]}` first (main.py imports it)")
+  return source
+
+
 def _locate(source: str, step: int | None) -> tuple[str, int]:
   """`(checkpoint directory, step)` of a workdir, checkpoint directory or step folder
-  (`step` None: the step folder's, else the latest)."""
-  source = os.path.abspath(os.path.expanduser(source))
+  (`step` None: the step folder's, else the latest), or of a registered `prefix:NAME`
+  source (`register_source`)."""
+  source = os.path.abspath(os.path.expanduser(_resolve(source)))
   base = os.path.basename(source)
   if base.isdigit() and os.path.isdir(os.path.join(source, "state")) and step is None:
     return os.path.dirname(source), int(base)

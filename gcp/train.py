@@ -542,7 +542,9 @@ def _score(config: ml_collections.ConfigDict, workdir: str, source: str, spec: d
   results = evaluate_with_ema(eval_step, state, lambda: _counted(batches(), bar), mesh)
   bar.close()
   _report_skipped(config, f"eval ({dataset.eval_split})", skipped)
-  results = {"checkpoint": os.path.abspath(source), "step": int(saved["step"]),
+  named = ":" in source and not os.path.exists(source)  # e.g. pretrained:NAME
+  results = {"checkpoint": source if named else os.path.abspath(source),
+             "step": int(saved["step"]),
              "split": dataset.eval_split, "flip": config.eval_flip, **results,
              "skipped_images": len(skipped), "skipped": skipped[:_LISTED_SKIPS]}
   if jax.process_index() == 0:

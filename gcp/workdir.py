@@ -22,6 +22,9 @@ import ml_collections
 
 from gcp import config as config_lib
 
+# Read once, at import (os.umask can only be read by setting it, process-wide).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 
@@ -39,6 +42,7 @@ def write_atomic(path: str, text: str) -> None:
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it private)
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)

@@ -98,6 +98,10 @@ def test_a_corrupt_config_json_names_the_fix(tmp_path):
 def test_write_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
   path = str(tmp_path / "f.json")
   workdir.write_atomic(path, "old")
+  with open(tmp_path / "plain", "w"):
+    pass
+  assert os.stat(path).st_mode == os.stat(tmp_path / "plain").st_mode  # not private
+  os.remove(tmp_path / "plain")
 
   class Boom(Exception):
     pass
