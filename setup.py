@@ -7,6 +7,7 @@ setup(
     description="JAX/Flax reference codebase for global covariance pooling networks "
                 "(iSQRT-COV, MPN-COV, DropCov, Moment Probing, ...)",
     packages=find_packages(include=["gcp", "gcp.*"]),
+    package_data={"gcp.data": ["*.tsv"]},  # ImageNet's class names
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10",
@@ -28,8 +29,14 @@ setup(
         # torch runs the PyTorch port of the release that the operators are tested against.
         # nbclient, nbformat and ipykernel execute the notebooks (tests/test_notebooks.py).
         # gdown: the Google Drive downloads of gcp.pretrained (tests/test_pretrained.py).
+        # onnx, onnx-ir, onnxruntime: ONNX export and its check (tests/test_export.py); the
+        # converter itself, jax2onnx, is installed with --no-deps (see "onnx" below).
         "test": ["pytest>=8", "torch==2.13.0", "av>=12", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6.29", "gdown>=5.2"],
+                 "ipykernel>=6.29", "gdown>=5.2", "onnx>=1.20.1", "onnx-ir>=0.2.1",
+                 "onnxruntime>=1.24.1"],
+        # python -m gcp.export --format onnx. Then: pip install --no-deps jax2onnx==0.17.1
+        # (it pins orbax-checkpoint<0.11.37, which it does not use and gcp cannot).
+        "onnx": ["onnx>=1.20.1", "onnx-ir>=0.2.1", "onnxruntime>=1.24.1"],
         # gdown follows Google Drive's confirmation page (python -m gcp.pretrained download).
         # The PyTorch releases' files also need torch (a CPU build is enough).
         "pretrained": ["gdown>=5.2"],

@@ -36,7 +36,7 @@ from gcp.models.video import BACKBONE_MODULE, STEM_KERNEL
 from gcp.workdir import write_atomic
 
 _policies = ocp.checkpoint_managers
-_ITEMS = ("state", "model", "progress")
+_ITEMS = ("state", "model", "progress", "classes")
 BEST_FILE = "best.json"
 
 
@@ -105,10 +105,13 @@ class _KeepStep(_policies.PreservationPolicy):
 
 class Checkpointer:
   """Asynchronous checkpoints in `directory`: the latest `keep`, plus the best by the eval
-  metric recorded with `record_eval` (kept in `directory/best.json`)."""
+  metric recorded with `record_eval` (kept in `directory/best.json`). `class_names`: the
+  classifier's classes in output order, saved with every checkpoint (`load_class_names`)."""
 
-  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
+               class_names: list[str] | None = None):
     self.directory = os.path.abspath(directory)
+    self._class_names = None if class_names is None else list(class_names)
     self._best_path = os.path.join(self.directory, BEST_FILE)
     self._best = self._read_best()
     self._keep_best = _KeepStep(self._best.get("step"))
@@ -166,6 +169,8 @@ class Checkpointer:
     args = dict(state=ocp.args.StandardSave(state), model=ocp.args.JsonSave(model_spec))
     if progress is not None:
       args["progress"] = ocp.args.JsonSave(progress)
+    if self._class_names is not None:
+      args["classes"] = ocp.args.JsonSave({"names": self._class_names})
     self._manager.save(step, force=True, args=ocp.args.Composite(**args))
 
   def restore(self, target: Any, step: int | None = None) -> Any:
@@ -333,12 +338,23 @@ def load_model_spec(directory: str, step: int | None = None) -> dict:
   return _read(directory, step, model=ocp.args.JsonRestore())["model"]
 
 
-def save_variables(directory: str, variables: dict, model_spec: dict) -> None:
+def load_class_names(directory: str, step: int | None = None) -> list[str] | None:
+  """The class names saved with a checkpoint, in the classifier's output order; None if it
+  has none (saved without, or by an earlier version of gcp)."""
+  folder, step = _locate(directory, step)
+  if not os.path.isdir(os.path.join(folder, str(step), "classes")):
+    return None
+  return _read(folder, step, classes=ocp.args.JsonRestore())["classes"]["names"]
+
+
+def save_variables(directory: str, variables: dict, model_spec: dict,
+                   class_names: list[str] | None = None) -> None:
   """Writes model variables (no optimizer state) as step 0 of a checkpoint directory, in the
-  layout `load_variables`, `load_model_spec` and `config.init_from` read."""
+  layout `load_variables`, `load_model_spec` and `config.init_from` read, with the
+  classifier's `class_names` if given."""
   params = variables["params"]
   model_state = {k: v for k, v in variables.items() if k != "params"}
-  checkpointer = Checkpointer(directory, keep=1, async_save=False)
+  checkpointer = Checkpointer(directory, keep=1, async_save=False, class_names=class_names)
   checkpointer.save(0, {"step": 0, "params": params, "model_state": model_state}, model_spec)
   checkpointer.close()
 

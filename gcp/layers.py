@@ -36,10 +36,24 @@ def dense(features: int, *, name: str, init: str = "mindspore", dtype=jnp.float3
   return nn.Dense(features, dtype=dtype, kernel_init=INITS[init][1], name=name)
 
 
+def pool(x, window: int, stride: int, kind: str = "max", padding="VALID"):
+  """`kind` ('max' or 'avg') pooling over the spatial axes of `[B, H, W, C]`: a `window`
+  square every `stride`; `padding` 'VALID', 'SAME' or ((top, bottom), (left, right)).
+
+  Explicit padding is applied first, so that flax's pooling is called with keyword
+  arguments and a string padding only: the form exporters (jax2onnx) map to ONNX pooling.
+  """
+  if not isinstance(padding, str):
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)),
+                constant_values=-jnp.inf if kind == "max" else 0.0)
+    padding = "VALID"
+  fn = nn.max_pool if kind == "max" else nn.avg_pool
+  return fn(x, window_shape=(window, window), strides=(stride, stride), padding=padding)
+
+
 def max_pool_3x3_s2(x, padding: str = "symmetric"):
   """3x3 / 2 max-pool: PyTorch's pad 1, or TF SAME (more at the bottom and right)."""
-  return nn.max_pool(x, (3, 3), strides=(2, 2),
-                     padding="SAME" if padding == "same" else ((1, 1), (1, 1)))
+  return pool(x, 3, 2, padding="SAME" if padding == "same" else ((1, 1), (1, 1)))
 
 
 def batch_norm(train: bool, *, name: str, dtype, epsilon: float = 1e-5) -> nn.BatchNorm:

@@ -316,25 +316,32 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(model: nn.Module, flip: bool = False):
-  """Jitted `(state, batch) -> sums` of loss, top-1 and top-5 hits and count over the
-  unmasked examples (padding carries mask False). `flip`: logits averaged over the image
-  and its horizontal mirror (fast-MPN-COV's fine-grained test). Inputs with one more axis
-  than the model takes (`[b, V, H, W, C]` for images, e.g. from the `ten_crop`
-  preprocessing op; `[b, V, T, H, W, C]` for a video model, whose `input_rank` is 5) are
-  V views per example, scored by their views' mean logits."""
+def eval_logits(model: nn.Module, variables: dict, images, flip: bool = False):
+  """Eval-mode logits `[B, K]` of `images` as evaluation scores them. Inputs with one more
+  axis than the model takes (`[B, V, H, W, C]` for images, e.g. from the `ten_crop`
+  preprocessing op; `[B, V, T, H, W, C]` for a video model, whose `input_rank` is 5) are
+  V views per example, scored by their views' mean logits. `flip`: logits averaged over
+  the image and its horizontal mirror (fast-MPN-COV's fine-grained test)."""
   input_rank = getattr(model, "input_rank", 4)
 
+  def logits_of(x):
+    if x.ndim == input_rank + 1:
+      views = model.apply(variables, x.reshape(-1, *x.shape[2:]), train=False)
+      return views.reshape(*x.shape[:2], -1).mean(axis=1)
+    return model.apply(variables, x, train=False)
+  logits = logits_of(images)
+  if flip:
+    logits = 0.5 * (logits + logits_of(jnp.flip(images, axis=-2)))
+  return logits
+
+
+def make_eval_step(model: nn.Module, flip: bool = False):
+  """Jitted `(state, batch) -> sums` of loss, top-1 and top-5 hits and count over the
+  unmasked examples (padding carries mask False), of the logits `eval_logits` gives."""
+
   def eval_step(state: TrainState, batch):
-    def logits_of(images):
-      if images.ndim == input_rank + 1:
-        views = model.apply({"params": state.params, **state.model_state},
-                            images.reshape(-1, *images.shape[2:]), train=False)
-        return views.reshape(*images.shape[:2], -1).mean(axis=1)
-      return model.apply({"params": state.params, **state.model_state}, images, train=False)
-    logits = logits_of(batch["image"])
-    if flip:
-      logits = 0.5 * (logits + logits_of(jnp.flip(batch["image"], axis=-2)))
+    logits = eval_logits(model, {"params": state.params, **state.model_state},
+                         batch["image"], flip)
     mask = batch["mask"]
     k5 = min(5, logits.shape[-1])
     return {"loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -761,7 +768,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ema_decay = config.optim.ema_decay
   state = init_state(model, tx, dataset.image_shape, config.seed, mesh,
                      trainable=config.trainable_params, ema=ema_decay > 0)
-  ckpt = checkpoint.Checkpointer(checkpoint_dir, keep=config.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(
+      checkpoint_dir, keep=config.keep_checkpoints,
+      class_names=data.class_names(dataset.builder, config.data.label_key))
   start_step, progress = 0, None
   if on_disk:
     state, start_step, progress = ckpt.restore_newest(

@@ -134,3 +134,13 @@ def test_the_best_checkpoint_outlives_the_latest_n(tmp_path):
   ckpt.save(6, state(6), SPEC)
   ckpt.close()
   assert checkpoint.steps(directory) == [2, 6]
+
+
+def test_class_names_round_trip_and_are_optional(tmp_path):
+  variables = {"params": {"w": np.ones((2, 3), np.float32)}}
+  spec = {"arch": "resnet18", "head": "gap", "num_classes": 3}
+  checkpoint.save_variables(str(tmp_path / "named"), variables, spec, ["a", "b", "c"])
+  checkpoint.save_variables(str(tmp_path / "plain"), variables, spec)
+  assert checkpoint.load_class_names(str(tmp_path / "named")) == ["a", "b", "c"]
+  assert checkpoint.load_class_names(str(tmp_path / "named" / "0")) == ["a", "b", "c"]
+  assert checkpoint.load_class_names(str(tmp_path / "plain")) is None

@@ -25,11 +25,11 @@ import gcp.convert
 from gcp import checkpoint, pretrained, train
 from gcp.convert import mindspore, pytorch
 from gcp.convert.torch_layout import to_torch
-from gcp.models import create_model
 from gcp.pretrained import __main__ as cli
 from gcp.pretrained import fetch, registry
 
 from test_train import tiny_config
+from references.variables import random_variables
 
 # The model tests/test_train.py's tiny_config trains (10 classes).
 TINY_SPEC = {"arch": "resnet18", "head": "isqrt", "width": 4, "small_input": True,
@@ -125,17 +125,6 @@ def tiny_file(tmp_path_factory):
   pytorch.write(path, to_torch(variables))
   with open(path, "rb") as f:
     return path, f.read(), variables
-
-
-def random_variables(spec, seed=0):
-  """Variables of `create_model(**spec)` drawn with numpy (no compilation): normal weights,
-  positive BatchNorm variances."""
-  shapes = jax.eval_shape(lambda: create_model(**spec).init(jax.random.key(0),
-                                                           jnp.zeros((1, 16, 16, 3))))
-  rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, s: (rng.uniform(0.5, 1.5, s.shape) if "var" in jax.tree_util.keystr(path)
-                       else rng.normal(0, 0.1, s.shape)).astype(s.dtype), shapes)
 
 
 def add_entry(monkeypatch, name, url, **fields):

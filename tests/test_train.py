@@ -68,6 +68,8 @@ def test_end_to_end_run_scores_every_eval_example(finished_run):
   assert metrics["eval_examples"] == 100
   assert 0.0 <= metrics["eval_top1"] <= metrics["eval_top5"] <= 1.0
   assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["eval_loss"])
+  # The data set's class names (the digits' ClassLabel: "0" to "9") travel with checkpoints.
+  assert checkpoint.load_class_names(workdir) == [str(i) for i in range(10)]
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["epoch"] for r in rows if "eval_top1" in r] == [1, 2]
   assert rows[-1]["eval_top1"] == metrics["eval_top1"]

@@ -27,6 +27,7 @@ from gcp.config import base_config
 from gcp.convert import layouts, mindspore, pytorch, vit
 from gcp.convert.layouts import LAYOUTS, Layout
 from gcp.convert.torch_layout import ConversionError, from_torch, infer_model_spec
+from gcp.data.imagenet import class_names as imagenet_class_names
 from gcp.models import VIT_ARCHS, create_model
 from gcp.workdir import write_atomic
 
@@ -196,14 +197,28 @@ def convert_to_checkpoint(path: str, out_dir: str, *, format: str | None = None,
                           **options) -> Converted:
   """`convert()` and save the result as a checkpoint that `config.init_from`,
   `python main.py --mode=eval` and `gcp.checkpoint.load_variables` read, with the file's
-  layout and weight set recorded in `out_dir/SOURCE_FILE` (for `export`)."""
+  layout and weight set recorded in `out_dir/SOURCE_FILE` (for `export`). A 1000-class
+  model is saved with ImageNet's class names."""
   converted = _convert(path, format=format, arch=arch, head=head,
                        keep_extra_class=keep_extra_class, weights=weights, **options)
-  checkpoint.save_variables(out_dir, converted.variables, converted.spec)
+  names = imagenet_class_names() if converted.spec["num_classes"] == 1000 else None
+  checkpoint.save_variables(out_dir, converted.variables, converted.spec, names)
   write_atomic(os.path.join(out_dir, SOURCE_FILE), json.dumps(
       {"file": os.path.abspath(path), "format": converted.format,
        "layout": converted.layout, "weights": converted.weights}, indent=2))
   return converted
+
+
+# The evaluation preprocessing of a model family (AugReg ViTs take inputs in [-1, 1]; the
+# rest the releases' ImageNet pipeline, the library default).
+_AUGREG_EVAL_PP = "resize_shorter(256)|center_crop(224)|normalize('inception')"
+_FAMILY_EVAL_PP = {"vit_b16": _AUGREG_EVAL_PP, "vit_s16": _AUGREG_EVAL_PP}
+
+
+def eval_preprocessing(spec: dict) -> str:
+  """The evaluation preprocessing (`config.data.eval_pp`) of the family of the model of
+  `spec`: what a converted checkpoint, which has no config, is evaluated with."""
+  return _FAMILY_EVAL_PP.get(spec["arch"], base_config().data.eval_pp)
 
 
 def source_layout(checkpoint_dir: str) -> str | None:

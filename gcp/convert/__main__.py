@@ -33,7 +33,6 @@ import os
 import sys
 
 from gcp import convert
-from gcp.config import base_config
 from gcp.convert import layouts, pytorch
 
 # Published recipes a converted model evaluates with: (config setting, archs, heads,
@@ -61,10 +60,6 @@ _FAMILY_RECIPE = {"vit_b16": "configs/moment_probing.py:imagenet,linear",
                   "vit_s16": "configs/moment_probing.py:imagenet,linear",
                   "deit_s16": "configs/deit_dropcov.py:deit_s16,linear",
                   "deit_t16": "configs/deit_dropcov.py:deit_s16,linear"}
-# Other models: their family's evaluation preprocessing (AugReg ViTs take inputs in [-1, 1];
-# the rest the releases' ImageNet pipeline, the library default).
-_AUGREG_EVAL_PP = "resize_shorter(256)|center_crop(224)|normalize('inception')"
-_FAMILY_EVAL_PP = {"vit_b16": _AUGREG_EVAL_PP, "vit_s16": _AUGREG_EVAL_PP}
 
 
 def recipe(spec: dict) -> str | None:
@@ -94,7 +89,7 @@ def evaluation_hint(spec: dict, out_dir: str) -> str:
              f"      --config.init_from={out_dir}")
   if setting:
     return f"evaluate:\n{command} --config.data.data_dir=/path/to/tensorflow_datasets"
-  pp = _FAMILY_EVAL_PP.get(spec["arch"], base_config().data.eval_pp)
+  pp = convert.eval_preprocessing(spec)
   return (f"evaluate on a data set with its {classes} classes (no published recipe has "
           f"them), e.g. a folder with one subfolder per class:\n{command} \\\n"
           "      --config.data.name=folder:/path/to/data --config.data.eval_split=val \\\n"

@@ -12,6 +12,6 @@ except (RuntimeError, ValueError) as e:
 
 from gcp.data import mnist5k  # noqa: E402,F401  (registers the embedded TFDS builder)
 from gcp.data.pipeline import (  # noqa: E402
-    FOLDER_PREFIX, FRAMES_PREFIX, check_split, default_eval_split, describe_skipped,
-    eval_batches, first_batch, image_shape, load_builder, num_classes, num_eval_batches,
-    num_examples, steps_per_epoch, train_batches)
+    FOLDER_PREFIX, FRAMES_PREFIX, check_split, class_names, default_eval_split,
+    describe_skipped, eval_batches, first_batch, image_shape, load_builder, num_classes,
+    num_eval_batches, num_examples, steps_per_epoch, train_batches)

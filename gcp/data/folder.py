@@ -194,8 +194,9 @@ class SplitSource:
     return sum(end - start for _, start, end in self._slices(split))
 
 
-class FolderSource(SplitSource):
-  """A small image folder read directly from its files, in place of a TFDS builder.
+class FileSource(SplitSource):
+  """Images read directly from their files, in place of a TFDS builder: per split, the
+  files' paths, their labels and their names in messages.
 
   `gcp.data.pipeline` reads it through `num_examples(split)`, `read(split, shuffle_seed=)`,
   `preprocessing(pp)` and `info.features`; splits accept the TFDS slicing syntax
@@ -203,40 +204,71 @@ class FolderSource(SplitSource):
   """
 
   image_shape = (None, None, 3)
-  SPLITS = "its top-level folders"
 
-  def __init__(self, listing: Listing):
-    self.root = listing.root
-    self.name = f"folder:{listing.root}"
-    ids = {name: i for i, name in enumerate(listing.class_names)}
-    self._files = {
-        split: (np.array([p for p, _ in files]), np.array([ids[c] for _, c in files],
-                                                          np.int32))
-        for split, files in listing.splits.items()}
+  def __init__(self, name: str, files: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+               label: tfds.features.ClassLabel):
+    """`files`: split -> (paths, int32 labels, names), arrays of one length per split."""
+    self.name = name
+    self._files = files
     self._split_infos = {
         split: tfds.core.SplitInfo(name=split, shard_lengths=[len(paths)], num_bytes=0)
-        for split, (paths, _) in self._files.items()}
-    self.info = types.SimpleNamespace(name=self.name, features=features(listing.class_names),
-                                      splits=self._split_infos)
+        for split, (paths, _, _) in files.items()}
+    self.info = types.SimpleNamespace(
+        name=name, splits=self._split_infos,
+        features=tfds.features.FeaturesDict({"image": tfds.features.Image(), "label": label}))
+
+  @classmethod
+  def of_paths(cls, paths: list[str], split: str = "images") -> "FileSource":
+    """The image files `paths` as the one split `split`, each labelled by its position in
+    `paths` (so that a batch's labels say which files its images are) and named by its
+    path."""
+    paths = np.array(paths, dtype=str)
+    return cls("files", {split: (paths, np.arange(len(paths), dtype=np.int32), paths)},
+               tfds.features.ClassLabel(num_classes=len(paths)))
 
   def read(self, split, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """`{"image": the file's path, "label": int32, "name": path relative to the root}` of
-    `split`; in a random order fixed by `shuffle_seed`, else in the listing order (class by
-    class). The files are read by `preprocessing(pp).decode`."""
+    """`{"image": the file's path, "label": int32, "name": str}` of `split`; in a random
+    order fixed by `shuffle_seed`, else in the order given. The files are read by
+    `preprocessing(pp).decode`."""
     parts = [tuple(a[start:end] for a in self._files[name])
              for name, start, end in self._slices(split)]
-    names = np.concatenate([n for n, _ in parts])
-    labels = np.concatenate([l for _, l in parts])
+    paths, labels, names = (np.concatenate(a) for a in zip(*parts))
     if shuffle_seed is not None:
       order = np.random.default_rng(shuffle_seed).permutation(len(names))
-      names, labels = names[order], labels[order]
-    paths = np.char.add(self.root.rstrip("/") + "/", names) if len(names) else names
+      paths, labels, names = paths[order], labels[order], names[order]
     return tf.data.Dataset.from_tensor_slices({"image": paths, "label": labels,
                                                "name": names})
 
   def preprocessing(self, pp: str):
     """`pp` (a `gcp.data.preprocess.Preprocess`) for the paths `read` yields."""
     return preprocess.build(pp, self.image_shape, files=True)
+
+
+class FolderSource(FileSource):
+  """A small image folder read directly from its files (a `FileSource`); examples are
+  named by their paths relative to the root, and listed class by class."""
+
+  SPLITS = "its top-level folders"
+
+  def __init__(self, listing: Listing):
+    self.root = listing.root
+    ids = {name: i for i, name in enumerate(listing.class_names)}
+    prefix = listing.root.rstrip("/") + "/"
+    files = {}
+    for split, pairs in listing.splits.items():
+      names = np.array([p for p, _ in pairs])
+      files[split] = (np.char.add(prefix, names), np.array([ids[c] for _, c in pairs],
+                                                           np.int32), names)
+    super().__init__(f"folder:{listing.root}", files,
+                     features(listing.class_names)["label"])
+
+
+def image_files(path: str) -> list[str]:
+  """The images (by extension, `IMAGE_EXTENSIONS`) under the folder `path`, recursively:
+  each folder's files by name, then its sub-folders'; hidden entries skipped. Paths
+  start with `path`."""
+  return [p for p, _ in _files(path, path.rstrip("/"))
+          if p.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 # ----------------------------------------------------------------------- converted copies

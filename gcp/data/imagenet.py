@@ -25,11 +25,15 @@ sorted file-name order. If the tars are instead in `DATA_DIR/downloads/manual/`,
 first training run prepares the data set itself (on process 0; other hosts wait).
 """
 import argparse
+import collections
+import functools
 import os
 import sys
 
 import tensorflow_datasets as tfds
 
+# WordNet id and lemmas of each class, in imagenet2012's label order (sources in the file).
+CLASSES_FILE = os.path.join(os.path.dirname(__file__), "imagenet2012_classes.tsv")
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
 
@@ -38,6 +42,29 @@ LAYOUT = f"""\
 ├── {TRAIN_TAR}    one tar per class: n01440764.tar, n01443537.tar, ...
 │                                 (each holding that class's JPEGs)
 └── {VAL_TAR}      ILSVRC2012_val_00000001.JPEG ... ILSVRC2012_val_00050000.JPEG"""
+
+
+@functools.cache
+def _lemmas() -> dict[str, str]:
+  """WordNet id -> its lemmas; two synsets share theirs ('crane', 'maillot'): those get
+  their id too, so that every name is unique."""
+  with open(CLASSES_FILE) as f:
+    pairs = [line.rstrip("\n").split("\t", 1) for line in f if not line.startswith("#")]
+  count = collections.Counter(lemma for _, lemma in pairs)
+  return {wnid: lemma if count[lemma] == 1 else f"{lemma} ({wnid})" for wnid, lemma in pairs}
+
+
+def class_names() -> list[str]:
+  """The 1,000 ImageNet classes, readable ("tench, Tinca tinca"), in the order of TFDS
+  imagenet2012's labels (its sorted WordNet ids, as ImageFolder numbers the release
+  models' outputs)."""
+  return list(_lemmas().values())
+
+
+def readable(names: list[str]) -> list[str]:
+  """`names` with ImageNet WordNet ids ("n01440764") replaced by their lemmas."""
+  lemmas = _lemmas()
+  return [lemmas.get(name, name) for name in names]
 
 
 def default_manual_dir(builder) -> str:

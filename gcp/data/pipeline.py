@@ -38,7 +38,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow.python.util import deprecation  # pylint: disable=no-name-in-module
 
-from gcp.data import folder, mnist5k, preprocess, video
+from gcp.data import folder, imagenet, mnist5k, preprocess, video
 
 FOLDER_PREFIX = "folder:"
 FRAMES_PREFIX = "frames:"
@@ -128,6 +128,12 @@ def _label_feature(builder, key: str):
 
 def num_classes(builder, label_key: str = "label") -> int:
   return _label_feature(builder, label_key).num_classes
+
+
+def class_names(builder, label_key: str = "label") -> list[str]:
+  """The data set's class names in label order: its `ClassLabel`'s (a folder's class
+  folders), with ImageNet WordNet ids made readable (`imagenet.readable`)."""
+  return imagenet.readable(list(_label_feature(builder, label_key).names))
 
 
 def num_examples(builder, split: str) -> int:

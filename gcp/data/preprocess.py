@@ -196,13 +196,19 @@ def corrupt(name: str, severity: int, frost_dir: str | None = None):
   return corruptions.corruption(name, severity, frost_dir)
 
 
-@_op
-def normalize(mean="imagenet", std=None):
-  """(x - mean) / std per channel, in 0-255 units; `normalize('imagenet')` for the presets."""
+def mean_std(mean="imagenet", std=None) -> tuple:
+  """`(mean, std)` of `normalize`'s arguments: a preset's by name, else as given."""
   if isinstance(mean, str):
     if mean not in _MEAN_STD:
       raise ValueError(f"unknown normalisation preset {mean!r}; presets: {list(_MEAN_STD)}")
-    mean, std = _MEAN_STD[mean]
+    return _MEAN_STD[mean]
+  return mean, std
+
+
+@_op
+def normalize(mean="imagenet", std=None):
+  """(x - mean) / std per channel, in 0-255 units; `normalize('imagenet')` for the presets."""
+  mean, std = mean_std(mean, std)
   mean = tf.constant(mean, tf.float32, shape=[len(mean)] if hasattr(mean, "__len__") else [])
   std = tf.constant(std, tf.float32, shape=[len(std)] if hasattr(std, "__len__") else [])
 

@@ -5,7 +5,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gcp.layers import batch_norm, conv, dense
+from gcp.layers import batch_norm, conv, dense, pool
 
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
          512, 512, 512, "M")
@@ -43,7 +43,7 @@ class VGG(nn.Module):
       layers = layers[:-1]
     for i, v in enumerate(layers):
       if v == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = pool(x, 2, 2)
         continue
       x = conv(v * self.width // 64, 3, name=f"features_{i}", dtype=self.dtype,
                init=self.init_scheme, use_bias=True)(x)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gcp.layers import batch_norm, max_pool_3x3_s2
+from gcp.layers import batch_norm, max_pool_3x3_s2, pool
 
 # arch -> (patch, width, depth, heads, mlp_dim). DeiT-S has ViT-S's shape.
 VIT_SIZES: dict[str, tuple[int, int, int, int, int]] = {
@@ -165,7 +165,7 @@ class Transition(nn.Module):
   def __call__(self, x, train: bool = False):
     x = batch_norm(train, name="norm", dtype=self.dtype)(x)
     x = _torch_conv(self.features, 1, x.shape[-1], self.dtype, "conv")(x)
-    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+    return pool(x, 2, 2, "avg")
 
 
 class ConvTokenStem(nn.Module):

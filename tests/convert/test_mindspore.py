@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import gcp.convert
+from gcp import checkpoint
 from gcp.convert import ConversionError, convert, layouts, mindspore
+from gcp.data import imagenet
 
 from references.numerics import max_rel_diff
 
@@ -111,6 +113,11 @@ def test_release_checkpoint_places_every_tensor(arch, head, keep_extra_class, tm
   for name, value in tensors.items():
     np.testing.assert_array_equal(got[our_location(name)],
                                   our_layout(name, value, classes), err_msg=name)
+  if arch == "resnet18":  # saved with ImageNet's class names, unless it keeps the 1001st
+    out = str(tmp_path / "converted")
+    gcp.convert.convert_to_checkpoint(path, out, keep_extra_class=keep_extra_class)
+    names = checkpoint.load_class_names(out)
+    assert names is None if keep_extra_class else names == imagenet.class_names()
   if keep_extra_class:  # export writes the release's names and shapes back, bit for bit
     exported = layouts.default_layout(spec).export(variables, spec)
     assert sorted(exported) == sorted(tensors)

@@ -14,6 +14,8 @@ The builder needs neither all 1,000 classes nor all 50,000 validation images:
 No checksums are verified for manually placed files, so tiny tars pass.
 """
 import io
+import os
+import sys
 import tarfile
 
 import numpy as np
@@ -137,3 +139,14 @@ def test_two_steps_of_training_then_every_image_scored(prepared, tmp_path):
   metrics = train.train_and_evaluate(config, str(tmp_path))
   assert metrics["step"] == 2 and metrics["eval_examples"] == NUM_VAL
   assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["eval_loss"])
+
+
+def test_class_names_are_readable_in_the_tfds_label_order():
+  wnids = tfds.builder_cls("imagenet2012").__module__  # the builder's own labels file
+  labels = os.path.join(os.path.dirname(sys.modules[wnids].__file__), "labels.txt")
+  with open(labels) as f:
+    order = f.read().split()
+  names = imagenet.class_names()
+  assert len(names) == len(order) == 1000 and len(set(names)) == 1000
+  assert names[0] == "tench, Tinca tinca" and names[1] == "goldfish, Carassius auratus"
+  assert imagenet.readable([order[999], "cat"]) == [names[999], "cat"]
