@@ -49,6 +49,9 @@ from gcp.data import preprocess  # noqa: E402
 
 FORMATS = ("stablehlo", "savedmodel", "onnx")
 ONNX_OPSET = 21
+# Heads jax2onnx 0.17.1 cannot convert, and why.
+_NOT_ONNX = {"eig": "MPN-COV's eigendecomposition (jax2onnx converts unbatched eigh only)",
+             "cbp": "CBP's Tensor Sketch (its FFT with a symbolic batch)"}
 # Ops whose output size is fixed by their argument (the crops' per view).
 _SIZE_OPS = ("center_crop", "resize", "ten_crop", "three_crop")
 
@@ -279,6 +282,10 @@ def export(source: str, out: str, *, format: str = "savedmodel", preprocess: boo
   if classifier.video:
     raise ValueError(f"{classifier.spec['arch']} is a video model: gcp.export writes image "
                      "classifiers only")
+  head = classifier.spec["head"]
+  if format == "onnx" and head in _NOT_ONNX:
+    raise ValueError(f"the {head} head does not export to ONNX: {_NOT_ONNX[head]}; export it "
+                     "with --format savedmodel or --format stablehlo")
   network = _network_input(classifier)
   if preprocess and format != "savedmodel":
     raw = (*(image_size or _raw_size(classifier.eval_pp, network)), 3)

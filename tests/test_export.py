@@ -157,6 +157,10 @@ def test_bad_input_is_refused_with_the_fix(sources, tmp_path, capsys):
                       "--eval_pp", "resize_shorter(36)|ten_crop(32)"]) == 2
   err = capsys.readouterr().err
   assert "'ten_crop' cannot be embedded" in err and "--no-preprocess" in err
+  eig = str(tmp_path / "eig")
+  checkpoint.save_variables(eig, {"params": {}}, {**SPECS["isqrt"], "head": "eig"})
+  assert export.main([eig, out, "--format", "onnx"]) == 2
+  assert "--format savedmodel" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     export.main([sources["isqrt"], out, "--format", "tflite"])
   assert not os.path.exists(out)
