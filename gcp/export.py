@@ -73,6 +73,11 @@ def _resize_shorter_hw(h: int, w: int, size: int) -> tuple[int, int]:
   return int(np.round(np.float32(h) * scale)), int(np.round(np.float32(w) * scale))
 
 
+def _size_arg(args: list, kwargs: dict):
+  """The `size` argument of a resize or crop op (every one takes it first)."""
+  return args[0] if args else kwargs["size"]
+
+
 def _size_hw(size) -> tuple[int, int]:
   return (size, size) if isinstance(size, int) else tuple(size)
 
@@ -92,13 +97,13 @@ def _jnp_op(name: str, args: list, kwargs: dict, shape: tuple[int, int, int]):
   if name == "rgb":
     return (lambda x: jnp.repeat(x, 3, axis=-1)) if c == 1 else (lambda x: x), (h, w, 3)
   if name in ("resize", "resize_shorter"):
-    size = args[0] if args else kwargs["size"]
+    size = _size_arg(args, kwargs)
     out = _size_hw(size) if name == "resize" else _resize_shorter_hw(h, w, size)
     rows, cols = _resize_matrix(h, out[0]), _resize_matrix(w, out[1])
     return (lambda x: jnp.einsum("oh,bhwc,pw->bopc", rows, x, cols,
                                  precision=jax.lax.Precision.HIGHEST)), (*out, c)
   if name == "center_crop":
-    size = args[0] if args else kwargs["size"]
+    size = _size_arg(args, kwargs)
     top, left = (h - size) // 2, (w - size) // 2
     return (lambda x: x[:, top:top + size, left:left + size]), (size, size, c)
   if name == "normalize":
@@ -147,7 +152,7 @@ def _network_input(classifier: inference.Classifier) -> tuple[int, int, int]:
         return shape
     except (FileNotFoundError, ValueError):  # data not here: take the size from eval_pp
       pass
-  sizes = [_size_hw(*a, **k) for n, a, k in _ops(classifier.eval_pp) if n in _SIZE_OPS]
+  sizes = [_size_hw(_size_arg(a, k)) for n, a, k in _ops(classifier.eval_pp) if n in _SIZE_OPS]
   if not sizes:
     raise ValueError(
         f"cannot tell the network's input size from eval_pp {classifier.eval_pp!r} (no "
@@ -160,8 +165,7 @@ def _raw_size(eval_pp: str, network: tuple[int, int, int]) -> tuple[int, int]:
   first resize gives, else the network's input size."""
   for name, args, kwargs in _ops(eval_pp):
     if name in ("resize", "resize_shorter"):
-      size = args[0] if args else kwargs["size"]
-      return _size_hw(size)
+      return _size_hw(_size_arg(args, kwargs))
   return network[:2]
 
 
