@@ -82,9 +82,10 @@ def main(argv):
     print(f"error: {e}\n(-v 1 shows the traceback)", file=sys.stderr)
     sys.exit(1)
   except jax.errors.JaxRuntimeError as e:
-    if not runtime.failure_hint(e):
+    hint = runtime.failure_hint(e)
+    if not hint:
       raise
-    print(f"error: {e}\n{runtime.failure_hint(e)}", file=sys.stderr)
+    print(f"error: {e}\n{hint}", file=sys.stderr)
     sys.exit(1)
   print(runtime.cache_summary())
   print(json.dumps(metrics, indent=2))

@@ -3,15 +3,14 @@
 - CPU compiler options (`CPU_COMPILER_OPTIONS`): XLA's YNNPACK fusions for matmuls,
   convolutions and reductions, and the compile-time-oriented pass preset, for the
   training, evaluation and initialisation programs of `gcp.train` (`compiler_options()`).
-  On the 2-core CPU this was developed on they make a ResNet-50 training step about 1.7x
-  faster and its compile shorter, with the same numbers to float32 rounding
-  (benchmarks/train_step.py). They are compile options of those programs, not `XLA_FLAGS`,
-  so they reach neither other JAX programs nor TensorFlow's own XLA (which rejects flags
-  it does not know). They are used for the jaxlib minor version they were measured with,
-  on CPU backends only. A flag the user names in `XLA_FLAGS` wins over ours;
-  `GCP_XLA_DEFAULTS=0` turns them all off. (XLA's `eltwise` YNN fusion is left out: in
-  jaxlib 0.10.2 it fails to compile some evaluation programs, "unsupported layout in YNN
-  fusion".)
+  On the 2-core CPU this was developed on they make a ResNet-50 training step 2.3-4.1x
+  faster than XLA's defaults and its compile shorter (benchmarks/train_step.py). They are
+  compile options of those programs, not `XLA_FLAGS`, so they reach neither other JAX
+  programs nor TensorFlow's own XLA (which rejects flags it does not know). They are used
+  for the jaxlib minor version they were measured with, on CPU backends only. A flag the
+  user names in `XLA_FLAGS` wins over ours; `GCP_XLA_DEFAULTS=0` turns them all off.
+  (XLA's `eltwise` YNN fusion is left out: in jaxlib 0.10.2 it fails to compile some
+  evaluation programs, "unsupported layout in YNN fusion".)
 - Compilation cache (`configure()`, run on `import gcp`): compiled programs persist in
   `default_cache_dir()` (`$XDG_CACHE_HOME/gcp/jax`, else `~/.cache/gcp/jax`), so a
   resumed run, an evaluation or an analysis of a model compiled before loads its programs
@@ -84,7 +83,8 @@ def cache_counts() -> dict:
 
 
 def cache_summary() -> str:
-  """One line for the console, e.g. `compilation cache: 14 programs loaded, 2 compiled`."""
+  """One line for the console, e.g. `compilation cache (DIR): 14 programs loaded, 2 compiled
+  (2 stored)`, or `compilation cache: off`."""
   import jax
   if not jax.config.jax_enable_compilation_cache or not jax.config.jax_compilation_cache_dir:
     return "compilation cache: off"

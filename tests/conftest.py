@@ -14,8 +14,9 @@ from references.numerics import NUM_DEVICES
 
 # The tests' own compilation cache, shared with the processes they start and removed at
 # the end, unbounded: a bounded one (gcp.runtime's default) rescans every entry at each
-# write, which over the suite's thousands of programs cost 5 minutes. (JAX's bounded cache
-# fails to write into a directory an unbounded one wrote to: never the user's cache.)
+# write, which over the suite's thousands of programs made a CI run 17 minutes longer.
+# (JAX's bounded cache fails to write into a directory an unbounded one wrote to: never the
+# user's cache.)
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gcp-test-jax-cache-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
