@@ -65,6 +65,15 @@ def batch_norm(train: bool, *, name: str, dtype, epsilon: float = 1e-5) -> nn.Ba
                       dtype=dtype, use_fast_variance=False, name=name)
 
 
+def conv_bn(x, features: int, kernel: int, strides: int = 1, *, name: str, train: bool,
+            dtype, init: str, groups: int = 1):
+  """`conv` (PyTorch padding) then `batch_norm`, as modules `{name}_conv` and `{name}_bn`
+  of the calling module (the unit of the mobile networks' blocks)."""
+  x = conv(features, kernel, strides, name=f"{name}_conv", dtype=dtype, init=init,
+           groups=groups)(x)
+  return batch_norm(train, name=f"{name}_bn", dtype=dtype)(x)
+
+
 class ReductionBlock(nn.Module):
   """1x1 conv (no bias) -> BN -> ReLU (or ReLU6): `[B, H, W, C]` -> `[B, H, W, dim]`."""
   dim: int

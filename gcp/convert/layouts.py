@@ -9,7 +9,8 @@ reduction dimension, classes) are the model's: a layout fixes names and array la
 The registry `LAYOUTS` maps a name to a `Layout`; `python -m gcp.convert --help` lists
 them. The CNN layouts are defined here, on top of the torchvision-style ("canonical") names
 of `gcp.convert.torch_layout`:
-  torchvision              torchvision's ResNet and MobileNetV2 (GAP): the canonical names.
+  torchvision              torchvision's ResNet, MobileNetV2 and ShuffleNetV2 (GAP): the
+                           canonical names.
   mpncovresnet             fast-MPN-COV's MPNCOVResNet, GCP_Optimization's ResNet_MPNCOV and
                            DropCov's ResNet_ACD: the canonical names (`layer_reduce`,
                            `layer_reduce_bn`, `eca_layer.conv`, `fc`).
@@ -21,8 +22,10 @@ of `gcp.convert.torch_layout`:
                            the reduction block is `features.{8,9}`.
   fastmpn_vgg              fast-MPN-COV's mpncovvgg16_bn: torchvision's VGG names with the
                            reduction block in `representation.conv_dr_block.{0,1}`.
-  gcp_opt_mobilenet        GCP_Optimization's MobileNetV2_MPNCOV: torchvision's names with
-                           the reduction block in `dimension_reduction.{0,1}`.
+  gcp_opt_mobilenet        GCP_Optimization's MobileNetV2_MPNCOV and ShuffleNetV2_MPNCOV:
+                           torchvision's names with the reduction block in
+                           `dimension_reduction.{0,1}` (one layout: the two classes name
+                           their GCP parts alike; the backbone's names tell them apart).
   mindspore_resnet         the seed releases' MindSpore ResNets (Fast-MPN, DropCov), written
                            as a MindSpore `.ckpt` (spellings in `gcp.convert.mindspore`).
 Other modules register theirs with `register` (the ViT layouts: `gcp.convert.vit`).
@@ -213,10 +216,11 @@ _CONV_DR_BLOCK = (("layer_reduce", "representation.conv_dr_block.0"),
                   ("layer_reduce_bn", "representation.conv_dr_block.1"))
 
 # In order of preference for a model's default layout.
-_pytorch("torchvision", "torchvision's ResNet / MobileNetV2 with GAP (also GCP_Optimization's "
-         "MobileNetV2)",
-         lambda s: _requires(s, archs=RESNETS + ("mobilenet_v2",), heads=("gap",),
-                             what="a ResNet or MobileNetV2 with GAP"))
+_pytorch("torchvision", "torchvision's ResNet / MobileNetV2 / ShuffleNetV2 with GAP (also "
+         "GCP_Optimization's MobileNetV2 and ShuffleNetV2)",
+         lambda s: _requires(s, archs=RESNETS + ("mobilenet_v2", "shufflenet_v2"),
+                             heads=("gap",),
+                             what="a ResNet, MobileNetV2 or ShuffleNetV2 with GAP"))
 _pytorch("mpncovresnet", "fast-MPN-COV's MPNCOVResNet, GCP_Optimization's ResNet_MPNCOV; "
          "with the dropcov head DropCov's ResNet_ACD (eca_layer)",
          lambda s: _requires(s, archs=RESNETS, heads=("isqrt", "dropcov"), reduction=True,
@@ -227,9 +231,11 @@ _pytorch("fastmpn_vgg", "fast-MPN-COV's mpncovvgg16_bn (src/network/mpncovvgg.py
                              what=f"a VGG-16-BN {_REDUCED_ISQRT}"),
          *_CONV_DR_BLOCK,
          signature=("representation.conv_dr_block.0.weight", "classifier.0.weight"))
-_pytorch("gcp_opt_mobilenet", "GCP_Optimization's MobileNetV2_MPNCOV",
-         lambda s: _requires(s, archs=("mobilenet_v2",), heads=("isqrt",), reduction=True,
-                             what=f"a MobileNetV2 {_REDUCED_ISQRT}"),
+_pytorch("gcp_opt_mobilenet", "GCP_Optimization's MobileNetV2_MPNCOV and "
+         "ShuffleNetV2_MPNCOV (src/models/ShuffleNetV2_MPNCOV.py)",
+         lambda s: _requires(s, archs=("mobilenet_v2", "shufflenet_v2"), heads=("isqrt",),
+                             reduction=True,
+                             what=f"a MobileNetV2 or ShuffleNetV2 {_REDUCED_ISQRT}"),
          ("layer_reduce", "dimension_reduction.0"),
          ("layer_reduce_bn", "dimension_reduction.1"),
          signature=("dimension_reduction.0.weight",))

@@ -2,10 +2,11 @@
 format uses.
 
 The canonical names are torchvision's for the backbones (`layer2.0.downsample.0.weight`,
-`features.7.weight`, `features.3.conv.1.0.weight`), plus mpncovresnet's GCP head names:
-`layer_reduce` / `layer_reduce_bn` for the reduction block (fast-MPN-COV's mpncovresnet,
-GCP_Optimization's ResNets, the MindSpore releases), `eca_layer.conv.weight` for DropCov's
-ECA conv, and the classifier (`fc` for ResNets, `classifier.*` for VGG and MobileNetV2).
+`features.7.weight`, `features.3.conv.1.0.weight`, `stage3.0.branch1.2.weight`), plus
+mpncovresnet's GCP head names: `layer_reduce` / `layer_reduce_bn` for the reduction block
+(fast-MPN-COV's mpncovresnet, GCP_Optimization's ResNets, the MindSpore releases),
+`eca_layer.conv.weight` for DropCov's ECA conv, and the classifier (`fc` for ResNets and
+ShuffleNetV2, `classifier.*` for VGG and MobileNetV2).
 Each release's layout renames these (`gcp.convert.layouts`; e.g. fast-MPN-COV's VGG keeps
 its reduction block in `representation.conv_dr_block`).
 Array layouts: conv OIHW (ours HWIO), dense `[out, in]` (ours `[in, out]`), BatchNorm
@@ -19,6 +20,7 @@ import numpy as np
 
 from gcp.checkpoint import describe_mismatch
 from gcp.models.resnet import STAGE_SIZES, Bottleneck
+from gcp.models.shufflenet import STAGE_CHANNELS, STAGE_REPEATS
 
 
 class ConversionError(ValueError):
@@ -70,15 +72,34 @@ def _mobilenet_module(module: str, modules) -> str:
   return "classifier.1" if module == "classifier" else module
 
 
+# ShuffleNetV2 unit parts -> their index in torchvision's branch Sequential (conv; BN + 1):
+# branch1 = dw, BN, pw, BN, ReLU; branch2 = pw, BN, ReLU, dw, BN, pw, BN, ReLU.
+_SHUFFLE_SLOTS = {("branch1", "dw"): 0, ("branch1", "pw"): 2, ("branch2", "pw1"): 0,
+                  ("branch2", "dw"): 3, ("branch2", "pw2"): 5}
+
+
+def _shufflenet_module(module: str, _modules) -> str:
+  match = re.fullmatch(r"(conv[15])_(conv|bn)", module)  # stem and last 1x1 conv
+  if match:
+    return f"{match.group(1)}.{0 if match.group(2) == 'conv' else 1}"
+  match = re.fullmatch(r"(stage\d)_(\d+)/(branch[12])_(dw|pw|pw1|pw2)_(conv|bn)", module)
+  if match:
+    stage, block, branch, part, kind = match.groups()
+    return f"{stage}.{block}.{branch}.{_SHUFFLE_SLOTS[branch, part] + (kind == 'bn')}"
+  return module  # fc
+
+
 def _backbone_module_namer(modules):
   if "layer1_0/conv1" in modules:
     return _resnet_module
+  if "conv1_conv" in modules:
+    return _shufflenet_module
   if "features_0_conv" in modules:
     return _mobilenet_module
   if "features_0" in modules:
     return _vgg_module
   raise ConversionError("no PyTorch name map for this model: the converters know ResNets, "
-                        "VGG-16-BN and MobileNetV2")
+                        "VGG-16-BN, MobileNetV2 and ShuffleNetV2")
 
 
 def entries(variables) -> list[Entry]:
@@ -159,6 +180,21 @@ def _stage_sizes(tensors) -> tuple[int, ...]:
   return tuple(sizes)
 
 
+def _shufflenet_width(tensors) -> float:
+  """The `width_mult` of a ShuffleNetV2 from its stage2 channels (twice branch1's 1x1
+  output), checking its units per stage."""
+  units = lambda stage: len({m.group(1) for n in tensors
+                             for m in [re.match(rf"stage{stage}\.(\d+)\.", n)] if m})
+  repeats = tuple(units(stage) for stage in (2, 3, 4))
+  channels = 2 * tensors["stage2.0.branch1.2.weight"].shape[0]
+  widths = {c[0]: w for w, c in STAGE_CHANNELS.items()}
+  if repeats != STAGE_REPEATS or channels not in widths:
+    raise ConversionError(f"a ShuffleNetV2 with {repeats} units per stage and {channels} "
+                          f"stage2 channels is not one of the shufflenet_v2 widths (units "
+                          f"{STAGE_REPEATS}, stage2 channels {', '.join(map(str, widths))})")
+  return widths[channels]
+
+
 def infer_model_spec(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
   """`create_model` arguments read off canonically named tensors: arch, head, num_classes,
   reduction_dim and the width options (VGG: also `hidden`). The head is a guess where
@@ -177,6 +213,10 @@ def infer_model_spec(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
     spec.update(arch=arch[0], width=int(stem[0]), small_input=stem[-1] == 3)
     classifier = "fc.weight"
     channels = stem[0] * 8 * (4 if block == "bottleneck" else 1)
+  elif "stage2.0.branch1.0.weight" in tensors:
+    spec.update(arch="shufflenet_v2", width_mult=_shufflenet_width(tensors))
+    classifier = "fc.weight"
+    channels = STAGE_CHANNELS[spec["width_mult"]][-1]
   elif "features.0.0.weight" in tensors:
     spec.update(arch="mobilenet_v2", width_mult=tensors["features.0.0.weight"].shape[0] / 32)
     classifier = "classifier.1.weight"
@@ -195,8 +235,9 @@ def infer_model_spec(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
     channels = tensors["features.0.weight"].shape[0] * 8
   else:
     raise ConversionError("cannot tell the architecture: no ResNet (layer1.0.conv1.weight), "
-                          "VGG (features.0.weight) or MobileNetV2 (features.0.0.weight) "
-                          "tensors; pass the architecture explicitly")
+                          "VGG (features.0.weight), MobileNetV2 (features.0.0.weight) or "
+                          "ShuffleNetV2 (stage2.0.branch1.0.weight) tensors; pass the "
+                          "architecture explicitly")
   if classifier not in tensors:
     raise ConversionError(f"a {spec['arch']} without its classifier {classifier!r}; the "
                           f"tensors end in {sorted(tensors)[-4:]}")

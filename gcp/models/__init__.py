@@ -17,6 +17,7 @@ from gcp.heads import HEADS, TOKEN_HEADS
 from gcp.layers import INITS
 from gcp.models.mobilenet import MobileNetV2
 from gcp.models.resnet import STAGE_SIZES, VARIANTS, ResNet
+from gcp.models.shufflenet import ShuffleNetV2
 from gcp.models.vgg import VGG
 from gcp.models.video import VIDEO_HEADS, VideoResNet
 from gcp.models.vit import VIT_SIZES, ViT
@@ -27,6 +28,7 @@ _BACKBONES = {
        for name, (stages, block) in STAGE_SIZES.items()},
     "vgg16_bn": (VGG, "torchvision"),
     "mobilenet_v2": (MobileNetV2, "torchvision"),
+    "shufflenet_v2": (ShuffleNetV2, "torchvision"),
 }
 # TSN-style video ResNets (Bottleneck depths): AMS-Net, AMS-Net*, TSN and TCP are options
 # and heads of these (see gcp.models.video).
@@ -39,6 +41,8 @@ _VITS = {name: functools.partial(ViT, patch_size=p, width=w, depth=d, num_heads=
          for name, (p, w, d, h, m) in VIT_SIZES.items()}
 VIT_ARCHS = tuple(_VITS)
 ARCHS = tuple(_BACKBONES) + VIT_ARCHS
+# GCP_Optimization's MobileNetV2_MPNCOV and ShuffleNetV2_MPNCOV end their reduction in ReLU6.
+_RELU6_REDUCTION = ("mobilenet_v2", "shufflenet_v2")
 DTYPES = ("float32", "bfloat16", "float16")
 # Set by create_model itself, never passed as options.
 _MANAGED = {"stage_sizes", "block", "head", "num_classes", "dtype", "init_scheme", "parent",
@@ -79,9 +83,10 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
       the second-order heads (the tcp head's last reduction; None: TCPNet's 128).
     dtype: backbone compute dtype; second-order parts always run in float32.
     init_scheme: `gcp.layers.INITS` key; None: the one the backbone's release trained with
-      ('mindspore' for ResNets, 'torchvision' for VGG and MobileNetV2).
+      ('mindspore' for ResNets, 'torchvision' for VGG, MobileNetV2 and ShuffleNetV2).
     **options: backbone attributes (ResNet `width`, `small_input`, `variant`; VGG `width`,
-      `hidden`, `dropout`; MobileNetV2 `width_mult`, `dropout`) and head attributes
+      `hidden`, `dropout`; MobileNetV2 `width_mult`, `dropout`; ShuffleNetV2 `width_mult`
+      0.5, 1.0, 1.5 or 2.0) and head attributes
       (`num_iters`, `isqrt_method`, `alpha`, `sketch_dim`); video `cptm`, `cptm_fusion`,
       `snippet_frames`, `dropout`, tcp head `inner_dim`, `num_iters` (TCPNet: 3),
       `isqrt_method`; ViT `stem` ('patch' | 'conv': the DropCov release's DeiT-S, its
@@ -127,7 +132,7 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
   conventions = {
       "dtype": jnp.dtype(dtype), "init_scheme": init_scheme,
       "bn_eps": 1e-4 if options.get("variant") == "mindspore" else 1e-5,
-      "reduction_relu6": arch == "mobilenet_v2"}
+      "reduction_relu6": arch in _RELU6_REDUCTION}
   if reduction_dim is not None:
     conventions["reduction_dim"] = reduction_dim
   head_kwargs.update({k: v for k, v in conventions.items() if k in head_fields})

@@ -1,9 +1,11 @@
 """MobileNetV2 (torchvision layout) as GCP_Optimization uses it: no stride removal, the
 1280 -> d reduction with ReLU6, dropout 0.2 before the classifier."""
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gcp.layers import batch_norm, conv, dense
+from gcp import layers
 
 # (expansion t, channels c, repeats n, first stride s), Sandler et al. 2018, Table 2.
 INVERTED_RESIDUALS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -26,10 +28,8 @@ class InvertedResidual(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    def conv_bn(y, features, kernel, strides=1, groups=1, name=""):
-      y = conv(features, kernel, strides, name=f"{name}_conv", dtype=self.dtype,
-               init=self.init_scheme, groups=groups)(y)
-      return batch_norm(train, name=f"{name}_bn", dtype=self.dtype)(y)
+    conv_bn = functools.partial(layers.conv_bn, train=train, dtype=self.dtype,
+                                init=self.init_scheme)
 
     hidden = round(x.shape[-1] * self.expansion)
     y = x
@@ -61,10 +61,10 @@ class MobileNetV2(nn.Module):
   def __call__(self, x, train: bool = False):
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"MobileNetV2 expects NHWC RGB images [B, H, W, 3], got {x.shape}")
-    x = x.astype(self.dtype)
-    x = conv(make_divisible(32 * self.width_mult), 3, 2, name="features_0_conv",
-             dtype=self.dtype, init=self.init_scheme)(x)
-    x = nn.relu6(batch_norm(train, name="features_0_bn", dtype=self.dtype)(x))
+    conv_bn = functools.partial(layers.conv_bn, train=train, dtype=self.dtype,
+                                init=self.init_scheme)
+    x = nn.relu6(conv_bn(x.astype(self.dtype), make_divisible(32 * self.width_mult), 3, 2,
+                         name="features_0"))
     index = 1
     for t, c, n, s in INVERTED_RESIDUALS:
       for j in range(n):
@@ -73,9 +73,7 @@ class MobileNetV2(nn.Module):
                              name=f"features_{index}")(x, train)
         index += 1
     last = make_divisible(1280 * max(1.0, self.width_mult))
-    x = conv(last, 1, name=f"features_{index}_conv", dtype=self.dtype,
-             init=self.init_scheme)(x)
-    x = nn.relu6(batch_norm(train, name=f"features_{index}_bn", dtype=self.dtype)(x))
+    x = nn.relu6(conv_bn(x, last, 1, name=f"features_{index}"))
     x = self.head(x, train=train)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return dense(self.num_classes, name="classifier", init=self.init_scheme)(x)
+    return layers.dense(self.num_classes, name="classifier", init=self.init_scheme)(x)
