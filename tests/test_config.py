@@ -32,7 +32,10 @@ def check_preprocessing(data):
     preprocess.build(pp)
 
 
-@pytest.mark.parametrize("name", CONFIG_FILES)
+STUDIES = ("study",)  # get_config() is a study (gcp.analysis.study): a training config per head
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIG_FILES if n not in STUDIES])
 def test_shipped_configs_are_valid(name):
   """Every setting a recipe's docstring lists (with its published number) builds a valid
   config; an unknown setting lists the valid ones."""
@@ -48,6 +51,18 @@ def test_shipped_configs_are_valid(name):
   if settings:
     with pytest.raises(ValueError, match="unknown setting 'nope'; valid: "):
       module.get_config("nope")
+
+
+@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize("setting", [None, "imagenet"])
+def test_study_configs_hold_a_valid_run_per_head(name, setting):
+  from gcp.analysis import study as study_lib
+  study = study_lib.resolve(load_config_module(name).get_config(setting))
+  assert study.baseline in study.runs
+  for head, run in study.runs.items():
+    config_lib.validate(run)
+    check_preprocessing(run.data)
+    assert run.model.head == head and run.num_epochs == study.num_epochs
 
 
 def test_recipes_follow_spec():

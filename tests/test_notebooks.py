@@ -16,7 +16,7 @@ def read(name):
   return nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
 
 
-@pytest.mark.parametrize("name", ORDER)
+@pytest.mark.parametrize("name", [*ORDER, "study.ipynb"])  # study: tests/test_study_command.py
 def test_committed_without_outputs(name):
   for cell in read(name).cells:
     if cell.cell_type == "code":

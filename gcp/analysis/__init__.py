@@ -7,6 +7,9 @@
 - `diagnostics`: covariance spectrum of the pooled features, Newton-Schulz convergence,
   distance of iSQRT(N) from the exact square root.
 - `compare`: training curves of several runs against epochs and wall-clock.
+- `transfer`: a linear probe of a frozen network's representation on another task.
+- `stats`: standard errors, 95% intervals and the verdict of a claim over seeds.
+- `study`: the TPAMI 2023 claims measured over heads and seeds (`python -m gcp.study`).
 - `runs` (a run's model, variables, data and a fixed batch set), `probe` (layers,
   activations, loss as a function of either), `plots` (figures), `report.analyze` (all of
   it into `WORKDIR/analysis/`: `python -m gcp.analysis WORKDIR`).

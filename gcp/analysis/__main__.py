@@ -62,7 +62,11 @@ def main(argv=None) -> int:
                       "--etas=-64,-16,0,16,64 (default: gcp.analysis.landscape.DEFAULT_ETAS)")
   parser.add_argument("--power-iters", type=int, default=20,
                       help="at most this many Hessian-vector products for the top eigenvalue")
-  parser.add_argument("--probes", type=int, default=10, help="Hutchinson probes")
+  parser.add_argument("--trace-error", type=float, default=0.1,
+                      help="Hutchinson draws probes until the trace's standard error is this "
+                      "fraction of it (0: exactly --max-probes)")
+  parser.add_argument("--max-probes", type=int, default=100,
+                      help="at most this many Hutchinson probes")
   parser.add_argument("--corruptions", type=_names, default=list(CORRUPTIONS),
                       help="comma-separated (default: all 15)")
   parser.add_argument("--severities", type=_numbers(int), default=list(SEVERITIES),
@@ -80,7 +84,8 @@ def main(argv=None) -> int:
     results = report.analyze(
         args.workdir, analyses=analyses, baseline=args.baseline, compare_with=args.compare,
         data_dir=args.data_dir, num_batches=args.num_batches, batch_size=args.batch_size,
-        layer=args.layer, power_iters=args.power_iters, hutchinson_probes=args.probes,
+        layer=args.layer, power_iters=args.power_iters,
+        trace_rel_error=args.trace_error or None, max_probes=args.max_probes,
         corruptions=args.corruptions, severities=args.severities,
         robustness_split=args.robustness_split, frost_dir=args.frost_dir, seed=args.seed,
         **options)

@@ -75,8 +75,15 @@ def plot_sharpness(results: dict) -> Figure:
   axes[0, 1].bar(labels, [results[k]["top_eigenvalue"] for k in labels], color=colors)
   axes[0, 1].set(title="top Hessian eigenvalue")
   errors = [results[k]["trace_stderr"] or 0.0 for k in labels]
-  axes[0, 2].bar(labels, [results[k]["trace"] for k in labels], yerr=errors, color=colors,
-                 capsize=4)
+  bars = axes[0, 2].bar(labels, [results[k]["trace"] for k in labels], yerr=errors,
+                        color=colors, capsize=4)
+  for bar, label in zip(bars, labels):
+    if not results[label].get("trace_significant", True):  # results from before the flag
+      bar.set_hatch("//")
+      bar.set_alpha(0.5)
+      axes[0, 2].annotate("not significant", (bar.get_x() + bar.get_width() / 2, 0),
+                          ha="center", va="bottom", fontsize=8, color="C3")
+  axes[0, 2].axhline(0, color="k", lw=0.5)
   axes[0, 2].set(title="Hessian trace (Hutchinson, +- 1 s.e.)")
   _finish(axes)
   return fig
@@ -143,4 +150,118 @@ def plot_corrupted(images: dict) -> Figure:
                   vmax=255)
       if j == 0:
         ax.set_ylabel(name, fontsize=7)
+  return fig
+
+
+# Figures of a study (`gcp.analysis.study`): each takes `study.json`'s content, one colour
+# per head, lines for the mean over seeds and bands from the lowest to the highest seed.
+
+
+def _study_runs(summary: dict, head: str) -> list[dict]:
+  return [r for r in summary["runs"].values() if r["head"] == head]
+
+
+def _band(ax, runs: list[dict], x_key: str, y_key: str, color: str, label: str,
+          scale: float = 1.0):
+  n = min(len(r["curves"][y_key]) for r in runs)
+  if n == 0:
+    return
+  x = np.asarray(runs[0]["curves"][x_key][:n])
+  y = scale * np.asarray([r["curves"][y_key][:n] for r in runs], np.float64)
+  ax.plot(x, y.mean(0), color=color, label=f"{label} (n = {len(runs)})")
+  if len(runs) > 1:
+    ax.fill_between(x, y.min(0), y.max(0), color=color, alpha=0.2)
+
+
+def _study_panels(summary: dict, panels) -> Figure:
+  """One panel per `(x_key, y_key, scale, axes labels)` of the runs' curves, one band per
+  head."""
+  fig, axes = _axes(1, len(panels))
+  for i, head in enumerate(summary["heads"]):
+    runs = _study_runs(summary, head)
+    for ax, (x_key, y_key, scale, _) in zip(axes[0], panels):
+      _band(ax, runs, x_key, y_key, f"C{i}", head, scale)
+  for ax, (*_, labels) in zip(axes[0], panels):
+    ax.set(**labels)
+  _finish(axes)
+  return fig
+
+
+def plot_study_curves(summary: dict) -> Figure:
+  """Training loss (per logged step) and eval top-1 against epochs, per head, with seed
+  bands."""
+  return _study_panels(summary, [
+      ("loss_epoch", "loss", 1.0, dict(xlabel="epoch", ylabel="training loss",
+                                       title="training loss")),
+      ("epoch", "eval_top1", 100.0, dict(xlabel="epoch", ylabel="eval top-1 (%)",
+                                         title="evaluation accuracy"))])
+
+
+def plot_study_landscape(summary: dict) -> Figure:
+  """The loss landscape during training, as the GCP optimisation paper's panel: the range
+  of the loss and the largest gradient change along the gradient, per step, per head."""
+  return _study_panels(summary, [
+      ("landscape_step", "loss_range", 1.0, dict(
+          xlabel="step", ylabel="max - min loss along the gradient",
+          title="loss landscape (lower: smoother)")),
+      ("landscape_step", "grad_change", 1.0, dict(
+          xlabel="step", ylabel="max gradient change along the gradient",
+          title="gradient predictiveness (lower: more predictive)"))])
+
+
+def _mean_bars(ax, summary: dict, key: str, title: str):
+  heads = summary["heads"]
+  stats = [summary["per_head"][h][key] for h in heads]
+  means = [s["mean"] for s in stats]
+  half = [(s["interval"][1] - s["mean"]) if np.isfinite(s["interval"][1]) else 0.0
+          for s in stats]
+  ax.bar(heads, means, yerr=half, capsize=4, color=[f"C{i}" for i in range(len(heads))])
+  for i, head in enumerate(heads):
+    values = [v for v in stats[i]["values"] if np.isfinite(v)]
+    ax.plot([i] * len(values), values, "k.", ms=4)
+  ax.axhline(0, color="k", lw=0.5)
+  ax.set(title=title)
+
+
+def plot_study_sharpness(summary: dict) -> Figure:
+  """Top Hessian eigenvalue and Hessian trace per head: mean over seeds, 95% interval,
+  dots per seed; a head with a trace that is not significant in some seed is labelled."""
+  fig, axes = _axes(1, 2, width=4.5)
+  _mean_bars(axes[0, 0], summary, "top_eigenvalue", "top Hessian eigenvalue")
+  _mean_bars(axes[0, 1], summary, "hessian_trace", "Hessian trace (Hutchinson)")
+  for i, head in enumerate(summary["heads"]):
+    flags = summary["per_head"][head]["trace_significant"]
+    if not all(flags):
+      axes[0, 1].annotate(f"{flags.count(False)} seed(s)\nnot significant", (i, 0),
+                          ha="center", va="bottom", fontsize=7, color="C3")
+  fig.suptitle("flatness at the end of training (mean, 95% interval over seeds)")
+  _finish(axes, legend=False)
+  return fig
+
+
+def plot_study_robustness(summary: dict) -> Figure:
+  """Corruption error relative to the baseline (CE, baseline = 1) per corruption family
+  and head: mean over the family's corruptions and the seeds, min-max over seeds."""
+  from gcp.data.corruptions import FAMILIES
+  fig, axes = _axes(1, 1, width=7.0)
+  ax = axes[0, 0]
+  heads = summary["heads"]
+  width = 0.8 / len(heads)
+  families = [f for f, names in FAMILIES.items()
+              if any(n in r.get("ce", {}) for r in summary["runs"].values() for n in names)]
+  for i, head in enumerate(heads):
+    per_seed = np.asarray([[np.nanmean([r["ce"][n] for n in FAMILIES[f] if n in r["ce"]])
+                            for f in families] for r in _study_runs(summary, head)
+                           if "ce" in r], np.float64).reshape(-1, len(families))
+    if not len(per_seed):
+      continue
+    x = np.arange(len(families)) + (i - (len(heads) - 1) / 2) * width
+    mean = per_seed.mean(0)
+    ax.bar(x, mean, width, yerr=[mean - per_seed.min(0), per_seed.max(0) - mean],
+           capsize=3, color=f"C{i}", label=head)
+  ax.axhline(1.0, color="k", lw=0.5)
+  ax.set_xticks(np.arange(len(families)), families)
+  ax.set(ylabel=f"CE (baseline {summary['baseline']} = 1; lower: more robust)",
+         title="corruption error per family")
+  _finish(axes)
   return fig

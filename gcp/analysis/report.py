@@ -20,7 +20,8 @@ def _write(out_dir: str, name: str, result: dict, figure) -> None:
 def analyze(workdir: str, *, analyses=ANALYSES, baseline: str | None = None,
             compare_with=(), data_dir: str | None = None, num_batches: int = 2,
             batch_size: int = 128, layer: str | None = None, etas=landscape.DEFAULT_ETAS,
-            power_iters: int = 20, hutchinson_probes: int = 10, corruptions=CORRUPTIONS,
+            power_iters: int = 20, trace_rel_error: float | None = 0.1,
+            max_probes: int = 100, corruptions=CORRUPTIONS,
             severities=SEVERITIES, robustness_split: str | None = None,
             frost_dir: str | None = None, seed: int = 0, out_dir: str | None = None) -> dict:
   """Runs `analyses` on the latest checkpoint of the run in `workdir` and writes
@@ -40,7 +41,9 @@ def analyze(workdir: str, *, analyses=ANALYSES, baseline: str | None = None,
       (the first examples of the evaluation split); `batch_size` also batches robustness
       evaluation (divisible by the device count).
     layer, etas: landscape layer (default: the head's input) and step sizes.
-    power_iters, hutchinson_probes, seed: sharpness settings.
+    power_iters, trace_rel_error, max_probes, seed: sharpness settings (Hutchinson draws
+      probes until its standard error is `trace_rel_error` of the trace, or
+      `max_probes`).
     corruptions, severities, robustness_split: robustness settings (default split: the
       run's evaluation split).
     frost_dir: a folder of ImageNet-C's frost photos for robustness's frost (default: the
@@ -73,7 +76,8 @@ def analyze(workdir: str, *, analyses=ANALYSES, baseline: str | None = None,
   if "sharpness" in analyses:
     results["sharpness"] = sharpness.sharpness(run.model, run.variables, batches,
                                                num_iters=power_iters,
-                                               num_probes=hutchinson_probes, seed=seed)
+                                               trace_rel_error=trace_rel_error,
+                                               max_probes=max_probes, seed=seed)
     _write(out_dir, "sharpness", results["sharpness"],
            plots.plot_sharpness({label: results["sharpness"]}))
   if "robustness" in analyses:
@@ -99,7 +103,9 @@ def headline(results: dict) -> dict:
   """The few numbers of `analyze`'s results worth printing."""
   keys = {"diagnostics": ("examples", "samples_per_image", "isqrt_error"),
           "landscape": ("layer", "grad_norm", "loss_range", "grad_change_max"),
-          "sharpness": ("top_eigenvalue", "trace", "trace_stderr")}
+          "sharpness": ("top_eigenvalue", "converged", "trace", "trace_stderr",
+                        "trace_interval", "trace_significant", "trace_probes",
+                        "trace_stopped_by")}
   out = {name: {k: results[name][k] for k in ks} for name, ks in keys.items()
          if name in results}
   if "diagnostics" in results:

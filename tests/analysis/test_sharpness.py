@@ -37,6 +37,41 @@ def test_power_iteration_finds_the_top_eigenvalue(eigenvalues, top):
   assert abs(float(vector @ q[:, list(eigenvalues).index(top)])) > 1 - 1e-5
 
 
+def rademacher_std(eigenvalues, seed=0):
+  """Standard deviation of one Hutchinson sample z^T A z for the `quadratic` A:
+  sqrt(2 sum_{i != j} A_ij^2)."""
+  q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(7, 7)))
+  a = q @ np.diag(eigenvalues) @ q.T
+  return np.sqrt(2 * np.sum((a - np.diag(np.diag(a))) ** 2))
+
+
+def test_hutchinson_stops_at_the_error_target():
+  eigenvalues = (6.0, 3.0, 2.0, 1.0, 0.5, -1.0, -2.0)  # trace 9.5
+  matvec, params, _ = quadratic(eigenvalues)
+  result = sharpness.hutchinson_trace(matvec, params, jax.random.key(0), rel_error=0.1,
+                                      min_probes=10, max_probes=1000)
+  assert result["stopped_by"] == "error target" and 10 <= result["probes"] < 1000
+  assert result["stderr"] <= 0.1 * abs(result["trace"])
+  # The estimate is where its own sampling distribution puts it: within 4 true standard
+  # errors of the exact trace at the number of probes drawn.
+  std = rademacher_std(eigenvalues) / np.sqrt(result["probes"])
+  assert abs(result["trace"] - 9.5) < 4 * std
+  assert result["significant"] and result["interval"][0] > 0
+
+
+def test_hutchinson_flags_a_trace_near_zero():
+  matvec, params, _ = quadratic((3.0, -3.0, 2.0, -2.0, 1.0, -1.0, 0.0))  # trace 0
+  result = sharpness.hutchinson_trace(matvec, params, jax.random.key(0), rel_error=0.1,
+                                      max_probes=40)
+  assert result["stopped_by"] == "probe cap" and result["probes"] == 40
+  low, high = result["interval"]
+  assert low < 0 < high and not result["significant"]
+  summary = {"trace": result["trace"], "trace_stderr": result["stderr"],
+             "trace_interval": result["interval"], "trace_probes": 40,
+             "trace_stopped_by": "probe cap", "trace_significant": False}
+  assert "NOT SIGNIFICANT" in sharpness.describe_trace(summary)
+
+
 @pytest.fixture(scope="module")
 def exact(tiny):
   """The tiny GAP network, its variables, and the exact Hessian of its mean loss over the
@@ -79,7 +114,8 @@ def test_hutchinson_trace_within_four_standard_errors(exact):
   variables, unravel, hessian, matvec = exact
   n = 400
   result = sharpness.hutchinson_trace(matvec, variables["params"], jax.random.key(2),
-                                      num_probes=n)
+                                      rel_error=None, max_probes=n)
+  assert result["probes"] == n and result["stopped_by"] == "probe cap"
   off_diagonal = hessian - np.diag(np.diag(hessian))
   std = np.sqrt(2 * np.sum(off_diagonal ** 2) / n)
   assert abs(result["trace"] - np.trace(hessian)) < 4 * std

