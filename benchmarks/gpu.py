@@ -49,7 +49,7 @@ import optax  # noqa: E402
 
 import input_pipeline  # noqa: E402
 import meta_layer  # noqa: E402
-from gcp import train  # noqa: E402
+from gcp import runtime, train  # noqa: E402
 from gcp.models import create_model  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from timing import median_seconds  # noqa: E402
@@ -266,9 +266,7 @@ def main():
   sizes = dataclasses.replace(sizes, batch=args.batch or sizes.batch,
                               repeats=args.repeats or sizes.repeats)
   # XLA reads its flags when the backend starts, i.e. at the first computation below.
-  named = {flag.split("=")[0] for flag in os.environ.get("XLA_FLAGS", "").split()}
-  os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *(
-      f for f in sizes.xla_flags if f.split("=")[0] not in named)]).strip()
+  runtime.add_xla_flags(*sizes.xla_flags)
 
   _progress("start")
   mesh = train.make_mesh()

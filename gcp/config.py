@@ -44,8 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.arch = "resnet50"         # gcp.models.ARCHS: resnet18/34/50/101/152, vgg16_bn,
-                                    # mobilenet_v2; vit_s16, vit_b16, deit_t16, deit_s16;
-                                    # tsn_resnet50/101/152 (video)
+                                    # mobilenet_v2, shufflenet_v2; vit_s16, vit_b16,
+                                    # deit_t16, deit_s16; tsn_resnet50/101/152 (video)
   c.model.head = "isqrt"            # CNNs: gcp.heads.HEADS (gap cov isqrt eig bcnn cbp
                                     # dropcov); ViTs: TOKEN_HEADS (linear mp mp_plus
                                     # dropcov); video: VIDEO_HEADS (gap cstp tcp)
@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.alpha = 0.5               # eig head: eigenvalue power (0.5: square root)
   c.model.sketch_dim = 8192         # cbp head: Tensor Sketch dimension
   c.model.width = 64                # ResNet / VGG channels of the first stage
-  c.model.width_mult = 1.0          # MobileNetV2 channel multiplier
+  c.model.width_mult = 1.0          # MobileNetV2 / ShuffleNetV2 channel multiplier
   c.model.small_input = False       # ResNet: 3x3 stride-1 stem, no max-pool (28-32 px)
   c.model.variant = "pytorch"       # ResNet: pytorch | mindspore (SAME padding, BN eps)
   c.model.init_scheme = _optional(str)  # mindspore | torchvision; None: the release's

@@ -51,7 +51,8 @@ class _SecondOrderHead(nn.Module):
   """Shared part: the optional reduction block, then features as `[B, M, d]`.
 
   The reduction block follows its backbone's conventions: BatchNorm eps (`bn_eps`), ReLU6
-  for MobileNetV2 (`reduction_relu6`), and the initialisation scheme (`init_scheme`).
+  for MobileNetV2 and ShuffleNetV2 (`reduction_relu6`), and the initialisation scheme
+  (`init_scheme`).
   """
   reduction_dim: int | None = None
   dtype: jnp.dtype = jnp.float32

@@ -38,12 +38,32 @@ _counts = dict.fromkeys(CACHE_EVENTS.values(), 0)
 _listening = False
 
 
+def xla_flag_names(xla_flags: str) -> set[str]:
+  """The flags an `XLA_FLAGS` value sets, by name (`--xla_foo=1` -> `xla_foo`)."""
+  return {flag.split("=")[0].lstrip("-") for flag in xla_flags.split()}
+
+
+def add_xla_flags(*flags: str) -> None:
+  """Appends `flags` (`--name=value`) to the process's `XLA_FLAGS`, each unless the variable
+  names it already (the user's setting wins). XLA reads it when its backend starts."""
+  current = os.environ.get("XLA_FLAGS", "")
+  named = xla_flag_names(current)
+  os.environ["XLA_FLAGS"] = " ".join(
+      [current, *(f for f in flags if f.split("=")[0].lstrip("-") not in named)]).strip()
+
+
+def measured_jaxlib(jaxlib_version: str | None = None) -> bool:
+  """Whether `CPU_COMPILER_OPTIONS` were measured with this jaxlib (default: installed)."""
+  version = jaxlib_version or importlib.metadata.version("jaxlib")
+  return version.startswith(OPTIONS_JAXLIB)
+
+
 def default_compiler_options(backend: str, jaxlib_version: str, xla_flags: str) -> dict:
   """The `CPU_COMPILER_OPTIONS` that apply to `backend` under that jaxlib, less those the
   user's `xla_flags` (an `XLA_FLAGS` value) name."""
-  if backend != "cpu" or not jaxlib_version.startswith(OPTIONS_JAXLIB):
+  if backend != "cpu" or not measured_jaxlib(jaxlib_version):
     return {}
-  named = {flag.split("=")[0].lstrip("-") for flag in xla_flags.split()}
+  named = xla_flag_names(xla_flags)
   return {k: v for k, v in CPU_COMPILER_OPTIONS.items() if k not in named}
 
 

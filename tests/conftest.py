@@ -5,7 +5,6 @@ programs and a persistent compilation cache of their own, through which the test
 and the main.py subprocesses share compiled programs (`JAX_COMPILATION_CACHE_DIR` names
 another)."""
 import atexit
-import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -28,11 +27,9 @@ from gcp import runtime  # noqa: E402  (the compilation cache; jax's backend sta
 # every test program compiles with XLA's compile-time preset, as gcp.train's programs do
 # (gcp.runtime). Child processes that load TensorFlow's own XLA must drop XLA_FLAGS: it
 # aborts on flags it does not know.
-os.environ["XLA_FLAGS"] = " ".join([
-    os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={NUM_DEVICES}",
-    *(["--xla_cpu_opt_preset=FAST_COMPILE"]  # for the jaxlib gcp.runtime's options are for
-      if importlib.metadata.version("jaxlib").startswith(runtime.OPTIONS_JAXLIB) else [])]
-).strip()
+runtime.add_xla_flags(f"--xla_force_host_platform_device_count={NUM_DEVICES}",
+                      *(["--xla_cpu_opt_preset=FAST_COMPILE"] if runtime.measured_jaxlib()
+                        else []))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402

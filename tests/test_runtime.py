@@ -25,6 +25,15 @@ def test_cpu_options_unless_the_user_names_them():
   assert runtime.default_compiler_options("cpu", "0.99.0", "") == {}
 
 
+def test_added_xla_flags_never_override_the_users(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_opt_preset=FAST_RUNTIME")
+  runtime.add_xla_flags("--xla_cpu_opt_preset=FAST_COMPILE", "--xla_dump_to=/tmp/x")
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_opt_preset=FAST_RUNTIME --xla_dump_to=/tmp/x"
+  monkeypatch.delenv("XLA_FLAGS")
+  runtime.add_xla_flags("--xla_dump_to=/tmp/y")
+  assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/y"
+
+
 def test_the_options_compile_and_keep_the_numbers():
   # The enum spellings are what this jaxlib parses, and the result is float32-identical
   # in effect: a matmul-reduce chain against XLA's defaults.

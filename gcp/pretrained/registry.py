@@ -8,9 +8,10 @@ parameter count of the release's network, which our model built from the spec ha
 (tested, as is the spec against the converter's inference from the release network's
 names and shapes).
 
-Not listed: models no gcp architecture computes (GCP_Optimization's ShuffleNetV2s, the
-DropCov release's Swin-T and T2T-ViT-14 with and without DropCov) and GCP_Optimization's
-COCO detection backbones.
+Not listed: models no gcp architecture computes (the DropCov release's Swin-T and
+T2T-ViT-14 with and without DropCov), GCP_Optimization's COCO detection backbones, and
+GCP_Optimization's ShuffleNetV2s, which `shufflenet_v2` computes and `gcp.convert` reads
+but which have no entries yet.
 """
 import dataclasses
 import re
