@@ -10,7 +10,7 @@ Settings (`configs/study.py:SETTING`):
 - `imagenet`: configs/imagenet.py:resnet50,HEAD (100 epochs); transfer task: Caltech-UCSD
   Birds (TFDS caltech_birds2011) with the runs' evaluation preprocessing.
 
-  python -m gcp.study configs/study.py --workdir runs/study          # ~30 min, 2 CPU cores
+  python -m gcp.study configs/study.py --workdir runs/study          # 24 min, 2 CPU cores
   python -m gcp.study configs/study.py --workdir runs/study --quick  # one seed, 2 epochs
   python -m gcp.study configs/study.py:imagenet --workdir runs/study_imagenet \\
       --config.data_dir=/path/to/tensorflow_datasets

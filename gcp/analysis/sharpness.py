@@ -145,7 +145,7 @@ def hutchinson_trace(matvec: Callable[[Tree], Tree], like: Tree, key, *,
     (95% t-interval), `significant` (the interval excludes zero), `probes`, `stopped_by`
     ("error target" or "probe cap"), `rel_error` (the target) and `samples`.
   """
-  if max_probes < 1 or min_probes < 2 and rel_error is not None:
+  if max_probes < 1 or (min_probes < 2 and rel_error is not None):
     raise ValueError(f"need max_probes >= 1 and min_probes >= 2 (the error needs two "
                      f"samples), got {max_probes}, {min_probes}")
   samples, stopped_by = [], "probe cap"

@@ -339,7 +339,7 @@ def markdown(summary: dict, command: str = "") -> str:
   """`study.md`: the claims table, then every measurement."""
   heads, base = summary["heads"], summary["baseline"]
   others = [h for h in heads if h != base]
-  metrics = [m for m in summary["metrics"]]
+  metrics = summary["metrics"]
   seeds = summary["seeds"]
   lines = [f"# Study: {base} against {', '.join(others)}", ""]
   if command:

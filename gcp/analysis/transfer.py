@@ -28,25 +28,28 @@ def classifier_layer(model, variables: dict, images) -> str:
   return probe.layer_names(model, variables, images)[-1]
 
 
-def extract(model, variables: dict, batches, layer: str | None = None):
-  """The input of `layer` (default `classifier_layer`) for the real examples of `batches`
-  (dicts `image`, `label`, optional `mask`), as float32 features `[N, D]` and labels
-  `[N]` (numpy)."""
-  features, labels, fn = [], [], None
-  bar = reporting.progress_bar(None, 0, desc="features")
-  for batch in batches:
-    if fn is None:
-      layer = layer or classifier_layer(model, variables, batch["image"])
-      fn = jax.jit(lambda v, x: probe.capture(model, v, x, layer, inputs=True))
-    out = np.asarray(fn(variables, batch["image"]), np.float32)
-    keep = batch["mask"].astype(bool) if "mask" in batch else slice(None)
-    features.append(out.reshape(out.shape[0], -1)[keep])
-    labels.append(np.asarray(batch["label"])[keep])
-    bar.update()
-  bar.close()
-  if fn is None:
-    raise ValueError("no batches to extract features from")
-  return np.concatenate(features), np.concatenate(labels)
+def extract(model, variables: dict, *batch_sets, layer: str | None = None) -> list:
+  """The input of `layer` (default `classifier_layer`) for the real examples of each set of
+  `batch_sets` (iterables of dicts `image`, `label`, optional `mask`): per set, float32
+  features `[N, D]` and labels `[N]` (numpy), all from one compiled function."""
+  fn, out = None, []
+  for batches in batch_sets:
+    features, labels = [], []
+    bar = reporting.progress_bar(None, 0, desc="features")
+    for batch in batches:
+      if fn is None:
+        layer = layer or classifier_layer(model, variables, batch["image"])
+        fn = jax.jit(lambda v, x: probe.capture(model, v, x, layer, inputs=True))
+      y = np.asarray(fn(variables, batch["image"]), np.float32)
+      keep = batch["mask"].astype(bool) if "mask" in batch else slice(None)
+      features.append(y.reshape(y.shape[0], -1)[keep])
+      labels.append(np.asarray(batch["label"])[keep])
+      bar.update()
+    bar.close()
+    if not features:
+      raise ValueError("no batches to extract features from")
+    out.append((np.concatenate(features), np.concatenate(labels)))
+  return out
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
@@ -112,10 +115,10 @@ def linear_probe_of(run: runs.Run, *, name: str, train_split: str, test_split: s
   builder = data.load_builder(name, data_dir)
   pp = pp or run.data.eval_pp
 
-  def xy(split):
-    return extract(run.model, run.variables, data.eval_batches(
-        builder, split=split, pp=pp, per_host_batch=batch_size, image_key=image_key,
-        label_key=label_key))
-  result = linear_probe(xy(train_split), xy(test_split),
-                        data.num_classes(builder, label_key))
+  def batches(split):
+    return data.eval_batches(builder, split=split, pp=pp, per_host_batch=batch_size,
+                             image_key=image_key, label_key=label_key)
+  train_xy, test_xy = extract(run.model, run.variables, batches(train_split),
+                              batches(test_split))
+  result = linear_probe(train_xy, test_xy, data.num_classes(builder, label_key))
   return {**result, "task": f"{name}: fit on {train_split}, scored on {test_split}"}

@@ -10,7 +10,7 @@ from gcp.analysis import transfer
 def test_features_are_the_classifiers_input(tiny):
   model, variables, batch = tiny.build("gap")
   assert transfer.classifier_layer(model, variables, batch["image"]) == "fc"
-  x, y = transfer.extract(model, variables, [batch, batch])
+  (x, y), = transfer.extract(model, variables, [batch, batch])
   assert x.shape == (16, 4) and np.array_equal(y, np.tile(batch["label"][:8], 2))
   fc = variables["params"]["fc"]
   logits = np.asarray(model.apply(variables, batch["image"]))[:8]
