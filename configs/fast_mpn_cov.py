@@ -5,23 +5,43 @@ iSQRT-COV with a 256-dim reduction (32,896 features), 65 epochs, batch 160, SGD 
 (kaiming fan-out). The lr is for batch 160 and scales linearly with --config.batch_size.
 
 Settings (`--config configs/fast_mpn_cov.py:ARCH`) and the published top-1 (%)
-(in brackets: the authors' reproduction):
+(in brackets: the authors' reproduction). The release's train.sh runs this one recipe for
+every backbone its Basemodel wraps (src/network/base.py); it publishes numbers for three:
 
 | setting | top-1 |
 |---|---|
 | resnet50 | 77.86 (78.29) |
 | resnet101 | 78.79 (79.01) |
 | vgg16_bn | 73.45 (76.02) |
+| resnet18 | none published |
+| resnet34 | none published |
+| resnet152 | none published |
+| alexnet | none published |
+| vgg11 | none published |
+| vgg11_bn | none published |
+| vgg13 | none published |
+| vgg13_bn | none published |
+| vgg16 | none published |
+| vgg19 | none published |
+| vgg19_bn | none published |
+| densenet121 | none published |
+| densenet161 | none published |
+| densenet169 | none published |
+| densenet201 | none published |
+| inception_v3 | none published |
+
+Every backbone keeps the release's 224 px crops (Inception-v3 too: 5x5 features).
 
   python main.py --config configs/fast_mpn_cov.py:resnet50 --workdir runs/mpncov_r50 \\
       --config.data.data_dir=/path/to/tensorflow_datasets
 """
 from configs.imagenet import imagenet_data, parse_setting
 from gcp.config import base_config
+from gcp.convert.layouts import FASTMPN_ARCHS
 
 
 def get_config(arg: str | None = None):
-  (arch,) = parse_setting(arg, "resnet50", ["resnet50", "resnet101", "vgg16_bn"])
+  (arch,) = parse_setting(arg, "resnet50", list(FASTMPN_ARCHS))
   config = base_config()
   imagenet_data(config)
   config.model.arch, config.model.head = arch, "isqrt"

@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.sketch_dim = 8192         # cbp head: Tensor Sketch dimension
   c.model.width = 64                # ResNet / VGG channels of the first stage
   c.model.width_mult = 1.0          # MobileNetV2 / ShuffleNetV2 channel multiplier
+  c.model.hidden = 4096             # VGG / AlexNet hidden FC width (0: one Linear layer)
   c.model.small_input = False       # ResNet: 3x3 stride-1 stem, no max-pool (28-32 px)
   c.model.variant = "pytorch"       # ResNet: pytorch | mindspore (SAME padding, BN eps)
   c.model.init_scheme = _optional(str)  # mindspore | torchvision; None: the release's

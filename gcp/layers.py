@@ -1,8 +1,12 @@
 """Building blocks shared by backbones and heads, with the releases' conventions (SPEC §2-3, §6).
 
 - Initialisation schemes by name (`INITS`): 'mindspore' (the seed releases and the published
-  tables: conv Xavier-uniform, dense truncated normal 0.01) and 'torchvision' (the PyTorch
-  releases: conv Kaiming-normal fan-out, dense normal 0.01).
+  tables: conv Xavier-uniform, dense truncated normal 0.01), 'torchvision' (the PyTorch
+  releases' ResNets, VGGs and mobile networks: conv Kaiming-normal fan-out, dense normal
+  0.01), and for the networks fast-MPN-COV's Basemodel builds with a fresh PyTorch Linear
+  classifier (dense: PyTorch's default, uniform +-1/sqrt(fan_in)): 'pytorch' (AlexNet: convs
+  at PyTorch's default too), 'densenet' (conv Kaiming-normal fan-in) and 'inception' (conv
+  normal sigma 0.1 truncated at 2 sigma).
 - Padding: 'symmetric' (PyTorch: kernel // 2 on every side) or 'same' (TF/MindSpore: the
   extra row and column of a strided conv go at the bottom and right).
 """
@@ -11,20 +15,25 @@ from typing import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+# nn.Conv2d / nn.Linear reset_parameters: Kaiming-uniform with a = sqrt(5).
+_TORCH_DEFAULT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 INITS: dict[str, tuple[Callable, Callable]] = {  # name -> (conv kernel init, dense kernel init)
     "mindspore": (nn.initializers.xavier_uniform(),
                   nn.initializers.truncated_normal(stddev=0.01)),
     "torchvision": (nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
                     nn.initializers.normal(stddev=0.01)),
+    "pytorch": (_TORCH_DEFAULT, _TORCH_DEFAULT),
+    "densenet": (nn.initializers.variance_scaling(2.0, "fan_in", "normal"), _TORCH_DEFAULT),
+    "inception": (nn.initializers.truncated_normal(stddev=0.1), _TORCH_DEFAULT),
 }
 
 
 def conv(features: int, kernel: int, strides: int = 1, *, name: str, dtype,
-         padding: str = "symmetric", init: str = "mindspore", groups: int = 1,
+         padding: str | int = "symmetric", init: str = "mindspore", groups: int = 1,
          use_bias: bool = False) -> nn.Conv:
-  """Square conv (bias-free unless asked), padded as PyTorch ('symmetric') or TF /
-  MindSpore ('same')."""
-  pad = kernel // 2
+  """Square conv (bias-free unless asked), padded as PyTorch ('symmetric': kernel // 2, or
+  an int: that many pixels on every side) or TF / MindSpore ('same')."""
+  pad = padding if isinstance(padding, int) else kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
                  padding="SAME" if padding == "same" else ((pad, pad), (pad, pad)),
                  feature_group_count=groups, use_bias=use_bias, dtype=dtype,

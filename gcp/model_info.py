@@ -22,8 +22,11 @@ from gcp.models import create_model
 
 # (configuration, arch, head, reduction_dim, published params, published GMACs,
 #  published top-1 %, source), all from SPEC §2 ("" where it gives no number) but the
-# ShuffleNetV2 row, from GCP_Optimization's README (which gives no size or cost). Published
-# parameters are the releases' exact counts, with the papers' rounding in brackets.
+# ShuffleNetV2 row, from GCP_Optimization's README (which gives no size or cost), and the
+# other backbones fast-MPN-COV's Basemodel wraps, from its code (one recipe for all,
+# configs/fast_mpn_cov.py; numbers published for ResNet-50/101 and VGG-16-BN only).
+# Published parameters are the releases' exact counts, with the papers' rounding in
+# brackets.
 RELEASED = [
     ("ResNet-18 GAP", "resnet18", "gap", None, "11,689,512", "", "70.53", "MindSpore"),
     ("ResNet-18 iSQRT d=128", "resnet18", "isqrt", 128, "19,499,304 (19.6M)", "", "74.64",
@@ -50,7 +53,21 @@ RELEASED = [
      "fast-MPN-COV (GCP_Optimization)"),
     ("ResNet-101 iSQRT d=256", "resnet101", "isqrt", 256, "75,921,960", "", "78.79 (79.47)",
      "fast-MPN-COV (GCP_Optimization)"),
-    ("VGG-16-BN iSQRT d=256", "vgg16_bn", "isqrt", 256, "", "", "73.45", "fast-MPN-COV"),
+    ("AlexNet iSQRT d=256", "alexnet", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("VGG-11 iSQRT d=256", "vgg11", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("VGG-11-BN iSQRT d=256", "vgg11_bn", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("VGG-13 iSQRT d=256", "vgg13", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("VGG-13-BN iSQRT d=256", "vgg13_bn", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("VGG-16 iSQRT d=256", "vgg16", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("VGG-16-BN iSQRT d=256", "vgg16_bn", "isqrt", 256, "", "", "73.45 (76.02)",
+     "fast-MPN-COV"),
+    ("VGG-19 iSQRT d=256", "vgg19", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("VGG-19-BN iSQRT d=256", "vgg19_bn", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("DenseNet-121 iSQRT d=256", "densenet121", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("DenseNet-161 iSQRT d=256", "densenet161", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("DenseNet-169 iSQRT d=256", "densenet169", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("DenseNet-201 iSQRT d=256", "densenet201", "isqrt", 256, "", "", "", "fast-MPN-COV"),
+    ("Inception-v3 iSQRT d=256", "inception_v3", "isqrt", 256, "", "", "", "fast-MPN-COV"),
     ("MobileNetV2 iSQRT d=256", "mobilenet_v2", "isqrt", 256, "", "", "74.39",
      "GCP_Optimization"),
     ("ShuffleNetV2 1.0x iSQRT d=256", "shufflenet_v2", "isqrt", 256, "", "", "71.83",

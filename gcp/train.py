@@ -106,8 +106,9 @@ def weight_decay_mask(params) -> Any:
 
 
 def classifier_mask(params) -> Any:
-  """True for the classifier's parameters: the top-level `fc` (ResNets) or `classifier*`
-  (VGG's three FC layers, MobileNetV2's one)."""
+  """True for the classifier's parameters: the top-level `fc` (ResNets, ShuffleNetV2,
+  Inception-v3) or `classifier*` (VGG's and AlexNet's FC layers, DenseNet's and
+  MobileNetV2's one)."""
   return {name: jax.tree.map(lambda _: name == "fc" or name.startswith("classifier"), sub)
           for name, sub in params.items()}
 

@@ -79,6 +79,27 @@ def test_recipes_follow_spec():
   assert (cub.optim.classifier_lr_mult, cub.eval_flip, cub.batch_size) == (5.0, True, 10)
 
 
+def test_vgg_fine_tuning_loads_everything_but_the_classifier():
+  """finetune_mpncovvggd16.sh: mpncovvgg16_bn's features and reduction block, a new single
+  Linear classifier (the ImageNet model's FC-4096 layers are not loaded)."""
+  import jax
+  import numpy as np
+
+  from gcp import checkpoint
+  from gcp.models import create_model
+  cub = load_config_module("finegrained").get_config("aircraft,vgg16_bn")
+  assert (cub.model.hidden, cub.model.reduction_dim, cub.optim.learning_rate,
+          tuple(cub.optim.decay_epochs), cub.optim.classifier_lr_mult, cub.num_epochs) == (
+              0, 256, 3e-3, (20,), 20.0, 40)
+  variables = lambda **kw: jax.tree.map(lambda s: np.ones(s.shape, s.dtype), jax.eval_shape(
+      lambda: create_model("vgg16_bn", head="isqrt", reduction_dim=8, width=8, **kw).init(
+          jax.random.key(0), np.zeros((1, 64, 64, 3)))))
+  tuned, fresh = checkpoint.merge_pretrained(variables(num_classes=100, hidden=0),
+                                             variables(num_classes=1000, hidden=32),
+                                             cub.init_dont_load)
+  assert sorted(fresh) == ["params/classifier/bias", "params/classifier/kernel"]
+
+
 def test_unknown_keys_are_listed_with_suggestions():
   config = config_lib.base_config()
   config.model.hed = "gap"

@@ -1,8 +1,12 @@
 """Model card: multiply-add counts against SPEC §2's torchvision-style figures."""
+import pathlib
+
 import pytest
 
 from gcp import model_info
 from gcp.models import create_model
+
+README = pathlib.Path(__file__).parent.parent / "README.md"
 
 
 @pytest.mark.parametrize("head, dim, published", [("gap", None, 4.1e9), ("isqrt", 128, 6.30e9)])
@@ -31,6 +35,31 @@ def test_card_row_and_table():
   assert 0.9 < row["XLA GMACs"] / row["GMACs"] <= 1.0  # XLA skips products with padding
   table = model_info.format_table([row])
   assert "| ResNet-18 iSQRT d=128 | 19,499,304 |" in table and "74.64" in table
+  # The README shows today's row (XLA's count aside: it varies with the XLA flags).
+  readme = next(r for r in readme_card() if r[0] == "ResNet-18 iSQRT d=128")
+  ours = cells(table.splitlines()[-1])
+  assert readme[:3] + readme[4:] == ours[:3] + ours[4:]
+
+
+def cells(line: str) -> list[str]:
+  return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def readme_card() -> list[list[str]]:
+  """The cells of the README's model card rows."""
+  text = README.read_text()
+  table = text[text.index("| configuration | params | GMACs |"):].split("\n\n")[0]
+  return [cells(line) for line in table.splitlines()[2:]]
+
+
+def test_readme_card_has_every_released_row_with_its_published_numbers():
+  """The README's table is `python -m gcp.model_info`'s: its rows in order, with the
+  published columns as gcp.model_info states them (the computed columns of one row are
+  compared above; regenerating the table refreshes them all)."""
+  rows = readme_card()
+  assert [r[0] for r in rows] == [e[0] for e in model_info.RELEASED]
+  for row, entry in zip(rows, model_info.RELEASED):
+    assert row[5:] == list(entry[4:]), entry[0]
 
 
 def test_transformer_rows_count_trained_parameters():

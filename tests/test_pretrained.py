@@ -348,7 +348,7 @@ def release_network(entry, num_classes=None):
   on torch's meta device) of the network its release's code builds, with the sizes that
   code fixes, and the file format."""
   import torch
-  from references import torch_dropcov_vit, torch_mp, torch_resnet
+  from references import torch_dropcov_vit, torch_mp, torch_resnet, torch_shufflenet, torch_vgg
   release, model = entry.name.split("/")
   arch = model.split("_")[0]
   with torch.device("meta"):
@@ -356,11 +356,13 @@ def release_network(entry, num_classes=None):
       head = "isqrt" if model.endswith("fast_mpn") else "dropcov"
       return torch_resnet.ResNet(arch, head, 128, num_classes or 1001, "mindspore"), "mindspore"
     if release == "fast-mpn-cov":  # mpncovvgg16_bn; mpncovresnet50 / 101 (MPNCOV(256))
-      return (torch_resnet.MPNCOVVGG() if arch == "vgg16" else
+      return (torch_vgg.Network("vgg16_bn") if arch == "vgg16" else
               torch_resnet.ResNet(arch, "isqrt", 256)), "pytorch"
     if release == "gcp-optimization":  # *_MPNCOV(_128).py for GCP, torchvision's for GAP
       head, dim = ("isqrt" if "_GCP_" in entry.description else "gap",
                    128 if entry.description.endswith("_128") else 256)
+      if arch == "shufflenetv2":
+        return torch_shufflenet.ShuffleNetV2(head, dim, 1000, 1.0), "pytorch"
       return (torch_resnet.MobileNetV2(head, dim) if arch == "mobilenetv2" else
               torch_resnet.ResNet(arch, head, dim)), "pytorch"
     if release == "dropcov" and arch.startswith("resnet"):  # ResNet_ACD: reduction 256

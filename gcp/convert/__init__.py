@@ -150,7 +150,8 @@ def _convert(path: str, *, format: str | None, arch: str | None, head: str | Non
   if format == "mindspore":
     spec["variant"] = "mindspore"
   model = create_model(**spec)
-  target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  # A CNN's variable shapes do not depend on the image size; 224 px is one every CNN takes.
+  target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
   try:
     variables = from_torch(tensors, dict(target), source=path)
   except ConversionError as e:

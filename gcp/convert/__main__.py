@@ -39,6 +39,7 @@ from gcp.convert import layouts, pytorch
 # reduction_dim, classes). Evaluation builds the network saved with the checkpoint; the
 # recipe gives the data set and its preprocessing, and fine-tuning from it fits too.
 _IMAGENET_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+_FINEGRAINED = ("resnet50", "resnet101", "vgg16_bn")
 _RECIPES = (
     ("configs/imagenet.py:{arch},{head}", _IMAGENET_RESNETS, ("isqrt", "dropcov"), 128, 1000),
     ("configs/imagenet.py:{arch},gap", _IMAGENET_RESNETS, ("gap",), None, 1000),
@@ -46,10 +47,11 @@ _RECIPES = (
      256, 1000),
     ("configs/gcp_optimization.py:{arch},LRnorm",
      _IMAGENET_RESNETS + ("mobilenet_v2", "shufflenet_v2"), ("isqrt",), 256, 1000),
-    ("configs/finegrained.py:cub,{arch}", ("resnet50", "resnet101"), ("isqrt",), 256, 200),
-    ("configs/finegrained.py:cars,{arch}", ("resnet50", "resnet101"), ("isqrt",), 256, 196),
-    ("configs/finegrained.py:aircraft,{arch}", ("resnet50", "resnet101"), ("isqrt",), 256,
-     100),
+    # The other backbones fast-MPN-COV trains, unpublished, with its one recipe.
+    ("configs/fast_mpn_cov.py:{arch}", layouts.FASTMPN_ARCHS, ("isqrt",), 256, 1000),
+    ("configs/finegrained.py:cub,{arch}", _FINEGRAINED, ("isqrt",), 256, 200),
+    ("configs/finegrained.py:cars,{arch}", _FINEGRAINED, ("isqrt",), 256, 196),
+    ("configs/finegrained.py:aircraft,{arch}", _FINEGRAINED, ("isqrt",), 256, 100),
     ("configs/moment_probing.py:imagenet,{head}", ("vit_b16",), ("linear", "mp", "mp_plus"),
      None, 1000),
     ("configs/deit_dropcov.py:{arch},{head}", ("deit_s16",), ("linear", "dropcov"), None,

@@ -9,8 +9,8 @@ reduction dimension, classes) are the model's: a layout fixes names and array la
 The registry `LAYOUTS` maps a name to a `Layout`; `python -m gcp.convert --help` lists
 them. The CNN layouts are defined here, on top of the torchvision-style ("canonical") names
 of `gcp.convert.torch_layout`:
-  torchvision              torchvision's ResNet, MobileNetV2 and ShuffleNetV2 (GAP): the
-                           canonical names.
+  torchvision              torchvision's ResNet, DenseNet, Inception3 (without AuxLogits),
+                           MobileNetV2 and ShuffleNetV2 (GAP): the canonical names.
   mpncovresnet             fast-MPN-COV's MPNCOVResNet, GCP_Optimization's ResNet_MPNCOV and
                            DropCov's ResNet_ACD: the canonical names (`layer_reduce`,
                            `layer_reduce_bn`, `eca_layer.conv`, `fc`).
@@ -20,8 +20,15 @@ of `gcp.convert.torch_layout`:
                            `representation.conv_dr_block.{0,1}`, `classifier`.
   fastmpn_resnet_finetune  the same wrapper fine-tuning an mpncovresnet (--pretrained):
                            the reduction block is `features.{8,9}`.
-  fastmpn_vgg              fast-MPN-COV's mpncovvgg16_bn: torchvision's VGG names with the
-                           reduction block in `representation.conv_dr_block.{0,1}`.
+  fastmpn_vgg              fast-MPN-COV's Basemodel around a VGG or AlexNet (and its
+                           mpncovvgg16_bn): torchvision's names with the reduction block in
+                           `representation.conv_dr_block.{0,1}`; `classifier` alone when it
+                           fine-tunes (one Linear layer, our `hidden=0`; fine-tuned
+                           mpncovvgg16_bn keeps its reduction block).
+  fastmpn_densenet         the same around a DenseNet: torchvision's names and
+                           `representation.conv_dr_block.{0,1}`.
+  fastmpn_inception        the same around Inception-v3: its modules as `features.{0..17}`
+                           (two max-pool slots between), `classifier` for `fc`.
   gcp_opt_mobilenet        GCP_Optimization's MobileNetV2_MPNCOV and ShuffleNetV2_MPNCOV:
                            torchvision's names with the reduction block in
                            `dimension_reduction.{0,1}` (one layout: the two classes name
@@ -42,7 +49,9 @@ import numpy as np
 
 from gcp.convert import mindspore
 from gcp.convert.torch_layout import ConversionError, to_torch
+from gcp.models.densenet import SIZES as DENSENET_SIZES
 from gcp.models.resnet import STAGE_SIZES
+from gcp.models.vgg import CFGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +184,16 @@ class Renames:
 # --------------------------------------------------------------------- the CNN layouts
 
 RESNETS = tuple(STAGE_SIZES)
+VGGS = ("alexnet", *(f"{name}{bn}" for name in CFGS for bn in ("", "_bn")))
+DENSENETS = tuple(DENSENET_SIZES)
+# The backbones fast-MPN-COV's Basemodel wraps with a representation (src/network/base.py).
+FASTMPN_ARCHS = RESNETS + VGGS + DENSENETS + ("inception_v3",)
+# fast-MPN-COV's Basemodel rebuilds Inception-v3's features as a Sequential of its modules
+# (None: the two parameter-free max-pools it inserts).
+INCEPTION_FEATURES = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", None,
+                      "Conv2d_3b_1x1", "Conv2d_4a_3x3", None, "Mixed_5b", "Mixed_5c",
+                      "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+                      "Mixed_7a", "Mixed_7b", "Mixed_7c")
 RELEASE_ITERS = 5  # Newton-Schulz iterations of every released iSQRT network
 
 
@@ -216,21 +235,37 @@ _CONV_DR_BLOCK = (("layer_reduce", "representation.conv_dr_block.0"),
                   ("layer_reduce_bn", "representation.conv_dr_block.1"))
 
 # In order of preference for a model's default layout.
-_pytorch("torchvision", "torchvision's ResNet / MobileNetV2 / ShuffleNetV2 with GAP (also "
-         "GCP_Optimization's MobileNetV2 and ShuffleNetV2)",
-         lambda s: _requires(s, archs=RESNETS + ("mobilenet_v2", "shufflenet_v2"),
-                             heads=("gap",),
-                             what="a ResNet, MobileNetV2 or ShuffleNetV2 with GAP"))
+_pytorch("torchvision", "torchvision's ResNet / DenseNet / Inception3 (aux_logits=False) / "
+         "MobileNetV2 / ShuffleNetV2 with GAP (also GCP_Optimization's MobileNetV2 and "
+         "ShuffleNetV2)",
+         lambda s: _requires(s, archs=RESNETS + DENSENETS + ("inception_v3", "mobilenet_v2",
+                                                             "shufflenet_v2"),
+                             heads=("gap",), what="a ResNet, DenseNet, Inception-v3, "
+                             "MobileNetV2 or ShuffleNetV2 with GAP"))
 _pytorch("mpncovresnet", "fast-MPN-COV's MPNCOVResNet, GCP_Optimization's ResNet_MPNCOV; "
          "with the dropcov head DropCov's ResNet_ACD (eca_layer)",
          lambda s: _requires(s, archs=RESNETS, heads=("isqrt", "dropcov"), reduction=True,
                              what=f"a ResNet {_REDUCED_ISQRT} (or DropCov's)"))
-_pytorch("fastmpn_vgg", "fast-MPN-COV's mpncovvgg16_bn (src/network/mpncovvgg.py, run "
-         "through its Basemodel)",
-         lambda s: _requires(s, archs=("vgg16_bn",), heads=("isqrt",), reduction=True,
-                             what=f"a VGG-16-BN {_REDUCED_ISQRT}"),
+_pytorch("fastmpn_vgg", "fast-MPN-COV's Basemodel around a VGG (vgg11 ... vgg19_bn; "
+         "mpncovvgg16_bn) or AlexNet with MPNCOV or GAvP",
+         lambda s: _requires(s, archs=VGGS, heads=("isqrt", "gap"),
+                             what="a VGG or AlexNet with GAP or iSQRT-COV (5 iterations)"),
          *_CONV_DR_BLOCK,
-         signature=("representation.conv_dr_block.0.weight", "classifier.0.weight"))
+         # conv biases tell a VGG's or AlexNet's features.0 from a Basemodel ResNet's
+         signature=("features.0.bias", "representation.conv_dr_block.0.weight"))
+_pytorch("fastmpn_densenet", "fast-MPN-COV's Basemodel around a DenseNet (densenet121 ... "
+         "densenet201) with MPNCOV or GAvP",
+         lambda s: _requires(s, archs=DENSENETS, heads=("isqrt", "gap"),
+                             what="a DenseNet with GAP or iSQRT-COV (5 iterations)"),
+         *_CONV_DR_BLOCK,
+         signature=("features.conv0.weight", "representation.conv_dr_block.0.weight"))
+_pytorch("fastmpn_inception", "fast-MPN-COV's Basemodel around Inception-v3 (features.0 ... "
+         "features.17, no AuxLogits) with MPNCOV or GAvP",
+         lambda s: _requires(s, archs=("inception_v3",), heads=("isqrt", "gap"),
+                             what="an Inception-v3 with GAP or iSQRT-COV (5 iterations)"),
+         *((module, f"features.{i}") for i, module in enumerate(INCEPTION_FEATURES) if module),
+         ("fc", "classifier"), *_CONV_DR_BLOCK,
+         signature=("features.0.conv.weight",))
 _pytorch("gcp_opt_mobilenet", "GCP_Optimization's MobileNetV2_MPNCOV and "
          "ShuffleNetV2_MPNCOV (src/models/ShuffleNetV2_MPNCOV.py)",
          lambda s: _requires(s, archs=("mobilenet_v2", "shufflenet_v2"), heads=("isqrt",),

@@ -19,8 +19,10 @@ import flax.traverse_util
 import numpy as np
 
 from gcp.checkpoint import describe_mismatch
+from gcp.models.densenet import SIZES as DENSENET_SIZES
 from gcp.models.resnet import STAGE_SIZES, Bottleneck
 from gcp.models.shufflenet import STAGE_CHANNELS, STAGE_REPEATS
+from gcp.models.vgg import CFGS
 
 
 class ConversionError(ValueError):
@@ -47,13 +49,15 @@ def _resnet_module(module: str, _modules) -> str:
 
 
 def _vgg_module(module: str, modules) -> str:
-  # torchvision's features Sequential holds conv, BN, ReLU for every conv and one slot for
-  # every max-pool; ours keeps the config index i, so conv i sits at i + 2 * (convs before).
+  # torchvision's features Sequential holds conv, (BN,) ReLU for every conv and one slot for
+  # every max-pool; ours keeps the config index i, so conv i sits at i + 2 * (convs before)
+  # with BatchNorm, i + (convs before) without (AlexNet too).
   convs = sorted({int(m.split("_")[1]) for m in modules if re.fullmatch(r"features_\d+", m)})
+  extra_slots = 2 if any(re.fullmatch(r"features_\d+_bn", m) for m in modules) else 1
   match = re.fullmatch(r"features_(\d+)(_bn)?", module)
   if match:
     i = int(match.group(1))
-    return f"features.{i + 2 * convs.index(i) + (1 if match.group(2) else 0)}"
+    return f"features.{i + extra_slots * convs.index(i) + (1 if match.group(2) else 0)}"
   return re.sub(r"^classifier_(\d+)$", r"classifier.\1", module)
 
 
@@ -89,9 +93,22 @@ def _shufflenet_module(module: str, _modules) -> str:
   return module  # fc
 
 
+def _densenet_module(module: str, _modules) -> str:
+  # torchvision keeps the whole backbone (conv0 ... norm5) in its `features` Sequential.
+  return module if module == "classifier" else "features." + module.replace("/", ".")
+
+
+def _path_module(module: str, _modules) -> str:
+  return module.replace("/", ".")
+
+
 def _backbone_module_namer(modules):
   if "layer1_0/conv1" in modules:
     return _resnet_module
+  if "conv0" in modules:
+    return _densenet_module
+  if "Conv2d_1a_3x3/conv" in modules:
+    return _path_module  # Inception-v3: torchvision's module paths
   if "conv1_conv" in modules:
     return _shufflenet_module
   if "features_0_conv" in modules:
@@ -99,7 +116,8 @@ def _backbone_module_namer(modules):
   if "features_0" in modules:
     return _vgg_module
   raise ConversionError("no PyTorch name map for this model: the converters know ResNets, "
-                        "VGG-16-BN, MobileNetV2 and ShuffleNetV2")
+                        "VGGs, AlexNet, DenseNets, Inception-v3, MobileNetV2 and "
+                        "ShuffleNetV2")
 
 
 def entries(variables) -> list[Entry]:
@@ -195,11 +213,49 @@ def _shufflenet_width(tensors) -> float:
   return widths[channels]
 
 
+def _feature_convs(tensors) -> list:
+  """The conv kernels of a VGG's or AlexNet's `features` Sequential, in order."""
+  convs = {int(m.group(1)): t for n, t in tensors.items()
+           for m in [re.fullmatch(r"features\.(\d+)\.weight", n)] if m and t.ndim == 4}
+  return [convs[i] for i in sorted(convs)]
+
+
+def _vgg_spec(tensors) -> dict[str, Any]:
+  """arch and width of a VGG or AlexNet from its convs."""
+  convs = _feature_convs(tensors)
+  if tensors["features.0.weight"].shape[-1] == 11:
+    return {"arch": "alexnet"}
+  depths = {sum(isinstance(v, int) for v in cfg): name for name, cfg in CFGS.items()}
+  if len(convs) not in depths:
+    raise ConversionError(f"a VGG with {len(convs)} convs is not one of "
+                          f"{', '.join(f'{n} ({d})' for d, n in depths.items())}")
+  bn = "_bn" if "features.1.running_mean" in tensors else ""
+  return {"arch": depths[len(convs)] + bn, "width": int(tensors["features.0.weight"].shape[0])}
+
+
+def _densenet_spec(tensors) -> dict[str, Any]:
+  """arch (and the sizes where they are not the arch's) of a DenseNet."""
+  layers = lambda block: len({m.group(1) for n in tensors for m in [re.match(
+      rf"features\.denseblock{block}\.denselayer(\d+)\.", n)] if m})
+  blocks = tuple(layers(b) for b in range(1, 5))
+  growth = int(tensors["features.denseblock1.denselayer1.conv2.weight"].shape[0])
+  sizes = dict(growth_rate=growth, block_config=blocks,
+               num_init_features=int(tensors["features.conv0.weight"].shape[0]),
+               bn_size=int(tensors["features.denseblock1.denselayer1.conv1.weight"].shape[0])
+               // growth)
+  arch = next((name for name, (g, b, i) in DENSENET_SIZES.items() if b == blocks),
+              "densenet121")
+  defaults = dict(zip(("growth_rate", "block_config", "num_init_features"),
+                      DENSENET_SIZES[arch]), bn_size=4)
+  return {"arch": arch, **{k: v for k, v in sizes.items() if v != defaults[k]}}
+
+
 def infer_model_spec(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
   """`create_model` arguments read off canonically named tensors: arch, head, num_classes,
-  reduction_dim and the width options (VGG: also `hidden`). The head is a guess where
-  weights cannot tell: 'dropcov' with an ECA conv, 'isqrt' for any other second-order
-  classifier (cov, eig and isqrt heads have the same parameters), else 'gap'."""
+  reduction_dim and the size options (VGG, AlexNet: also `hidden`; DenseNet: the sizes
+  that are not its arch's). The head is a guess where weights cannot tell: 'dropcov' with
+  an ECA conv, 'isqrt' for any other second-order classifier (cov, eig and isqrt heads
+  have the same parameters), else 'gap'."""
   spec: dict[str, Any] = {}
   if "layer1.0.conv1.weight" in tensors:
     block = "bottleneck" if "layer1.0.conv3.weight" in tensors else "basic"
@@ -223,29 +279,37 @@ def infer_model_spec(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
     last = max(int(m.group(1)) for n in tensors for m in [re.match(r"features\.(\d+)\.0\.", n)]
                if m)
     channels = tensors[f"features.{last}.0.weight"].shape[0]
-  elif "features.0.weight" in tensors:
-    if "classifier.0.weight" not in tensors:
-      raise ConversionError(
-          "a VGG without the FC-4096 classifier (classifier.0 / .3 / .6; found "
-          f"{sorted(n for n in tensors if n.startswith('classifier'))}): fast-MPN-COV's "
-          "fine-tuned VGGs end in one Linear layer, which gcp's vgg16_bn does not have")
-    spec.update(arch="vgg16_bn", width=int(tensors["features.0.weight"].shape[0]),
-                hidden=int(tensors["classifier.0.weight"].shape[0]))
-    classifier = "classifier.6.weight"
-    channels = tensors["features.0.weight"].shape[0] * 8
+  elif "features.0.weight" in tensors:  # VGGs and AlexNet
+    spec.update(_vgg_spec(tensors))
+    # The first Linear: VGG's classifier.0, AlexNet's classifier.1, or the only one.
+    first = next((n for n in ("classifier.0.weight", "classifier.1.weight") if n in tensors),
+                 "classifier.weight")
+    classifier = "classifier.weight" if first == "classifier.weight" else "classifier.6.weight"
+    spec["hidden"] = 0 if first == classifier or first not in tensors else int(
+        tensors[first].shape[0])
+    channels = _feature_convs(tensors)[-1].shape[0]
+  elif "features.conv0.weight" in tensors:
+    spec.update(_densenet_spec(tensors))
+    classifier = "classifier.weight"
+    channels = tensors["features.norm5.weight"].shape[0]
+  elif "Conv2d_1a_3x3.conv.weight" in tensors:
+    spec["arch"] = "inception_v3"
+    classifier = "fc.weight"
+    channels = 2048  # Mixed_7c's four branches: 320 + 768 + 768 + 192
   else:
     raise ConversionError("cannot tell the architecture: no ResNet (layer1.0.conv1.weight), "
-                          "VGG (features.0.weight), MobileNetV2 (features.0.0.weight) or "
-                          "ShuffleNetV2 (stage2.0.branch1.0.weight) tensors; pass the "
-                          "architecture explicitly")
+                          "VGG or AlexNet (features.0.weight), DenseNet "
+                          "(features.conv0.weight), Inception-v3 (Conv2d_1a_3x3.conv.weight), "
+                          "MobileNetV2 (features.0.0.weight) or ShuffleNetV2 "
+                          "(stage2.0.branch1.0.weight) tensors; pass the architecture "
+                          "explicitly")
   if classifier not in tensors:
     raise ConversionError(f"a {spec['arch']} without its classifier {classifier!r}; the "
                           f"tensors end in {sorted(tensors)[-4:]}")
   reduce = tensors.get("layer_reduce.weight")
   spec["reduction_dim"] = int(reduce.shape[0]) if reduce is not None else None
   dim = spec["reduction_dim"] or channels
-  features_in = (tensors["classifier.0.weight"] if spec["arch"] == "vgg16_bn"
-                 else tensors[classifier]).shape[1]
+  features_in = tensors[first if spec.get("hidden") else classifier].shape[1]
   if ECA in tensors:
     spec["head"] = "dropcov"
   elif reduce is not None or features_in == dim * (dim + 1) // 2:

@@ -15,10 +15,12 @@ import jax.numpy as jnp
 
 from gcp.heads import HEADS, TOKEN_HEADS
 from gcp.layers import INITS
+from gcp.models import densenet
+from gcp.models.inception import InceptionV3
 from gcp.models.mobilenet import MobileNetV2
 from gcp.models.resnet import STAGE_SIZES, VARIANTS, ResNet
 from gcp.models.shufflenet import ShuffleNetV2
-from gcp.models.vgg import VGG
+from gcp.models.vgg import CFGS, VGG, AlexNet
 from gcp.models.video import VIDEO_HEADS, VideoResNet
 from gcp.models.vit import VIT_SIZES, ViT
 
@@ -26,7 +28,13 @@ from gcp.models.vit import VIT_SIZES, ViT
 _BACKBONES = {
     **{name: (functools.partial(ResNet, stage_sizes=stages, block=block), "mindspore")
        for name, (stages, block) in STAGE_SIZES.items()},
-    "vgg16_bn": (VGG, "torchvision"),
+    "alexnet": (AlexNet, "pytorch"),
+    **{f"{name}{bn}": (functools.partial(VGG, cfg=cfg, batch_norm=bool(bn)), "torchvision")
+       for name, cfg in CFGS.items() for bn in ("", "_bn")},
+    **{name: (functools.partial(densenet.DenseNet, growth_rate=growth, block_config=blocks,
+                                num_init_features=stem), "densenet")
+       for name, (growth, blocks, stem) in densenet.SIZES.items()},
+    "inception_v3": (InceptionV3, "inception"),
     "mobilenet_v2": (MobileNetV2, "torchvision"),
     "shufflenet_v2": (ShuffleNetV2, "torchvision"),
 }
@@ -45,8 +53,8 @@ ARCHS = tuple(_BACKBONES) + VIT_ARCHS
 _RELU6_REDUCTION = ("mobilenet_v2", "shufflenet_v2")
 DTYPES = ("float32", "bfloat16", "float16")
 # Set by create_model itself, never passed as options.
-_MANAGED = {"stage_sizes", "block", "head", "num_classes", "dtype", "init_scheme", "parent",
-            "name", "bn_eps", "reduction_relu6", "reduction_dim"}
+_MANAGED = {"stage_sizes", "block", "cfg", "batch_norm", "head", "num_classes", "dtype",
+            "init_scheme", "parent", "name", "bn_eps", "reduction_relu6", "reduction_dim"}
 # A ViT's shape is its arch name; these options (ResNet / VGG `width`) never reach a ViT.
 _VIT_SHAPE = {"patch_size", "width", "depth", "num_heads", "mlp_dim"}
 
@@ -72,7 +80,9 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
   """Builds a backbone ending in a registered pooling head and its classifier.
 
   Args:
-    arch: one of `ARCHS`: a CNN, a ViT of `VIT_ARCHS` ('vit_s16', 'vit_b16',
+    arch: one of `ARCHS`: a CNN (ResNets, 'alexnet', 'vgg11' ... 'vgg19_bn',
+      'densenet121' ... 'densenet201', 'inception_v3', 'mobilenet_v2', 'shufflenet_v2'),
+      a ViT of `VIT_ARCHS` ('vit_s16', 'vit_b16',
       'deit_t16', 'deit_s16', 'vit_test') or a video model of `VIDEO_ARCHS`
       ('tsn_resnet50', 'tsn_resnet101', 'tsn_resnet152').
     head: one of `gcp.heads.HEADS` for CNNs, of `gcp.heads.TOKEN_HEADS` ('linear', 'mp',
@@ -83,10 +93,13 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
       the second-order heads (the tcp head's last reduction; None: TCPNet's 128).
     dtype: backbone compute dtype; second-order parts always run in float32.
     init_scheme: `gcp.layers.INITS` key; None: the one the backbone's release trained with
-      ('mindspore' for ResNets, 'torchvision' for VGG, MobileNetV2 and ShuffleNetV2).
+      ('mindspore' for ResNets, 'pytorch' for AlexNet, 'densenet', 'inception', else
+      'torchvision').
     **options: backbone attributes (ResNet `width`, `small_input`, `variant`; VGG `width`,
-      `hidden`, `dropout`; MobileNetV2 `width_mult`, `dropout`; ShuffleNetV2 `width_mult`
-      0.5, 1.0, 1.5 or 2.0) and head attributes
+      `hidden` (0: one Linear classifier), `dropout`; AlexNet `hidden`, `dropout`; DenseNet
+      `growth_rate`, `block_config`, `num_init_features`, `bn_size`, `drop_rate`;
+      MobileNetV2 `width_mult`, `dropout`; ShuffleNetV2 `width_mult` 0.5, 1.0, 1.5 or
+      2.0) and head attributes
       (`num_iters`, `isqrt_method`, `alpha`, `sketch_dim`); video `cptm`, `cptm_fusion`,
       `snippet_frames`, `dropout`, tcp head `inner_dim`, `num_iters` (TCPNet: 3),
       `isqrt_method`; ViT `stem` ('patch' | 'conv': the DropCov release's DeiT-S, its

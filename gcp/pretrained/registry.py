@@ -9,9 +9,7 @@ parameter count of the release's network, which our model built from the spec ha
 names and shapes).
 
 Not listed: models no gcp architecture computes (the DropCov release's Swin-T and
-T2T-ViT-14 with and without DropCov), GCP_Optimization's COCO detection backbones, and
-GCP_Optimization's ShuffleNetV2s, which `shufflenet_v2` computes and `gcp.convert` reads
-but which have no entries yet.
+T2T-ViT-14 with and without DropCov) and GCP_Optimization's COCO detection backbones.
 """
 import dataclasses
 import re
@@ -118,6 +116,7 @@ _PARAMS = {
     ("resnet50", "gap", None): 25_557_032, ("resnet101", "gap", None): 44_549_160,
     ("mobilenet_v2", "gap", None): 3_504_872, ("mobilenet_v2", "isqrt", 256): 35_449_064,
     ("mobilenet_v2", "isqrt", 128): 10_644_968,
+    ("shufflenet_v2", "gap", None): 2_278_604, ("shufflenet_v2", "isqrt", 256): 34_413_260,
 }
 
 
@@ -169,10 +168,11 @@ ENTRIES += [
 ]
 
 # ZhangLi-CS/GCP_Optimization README.md, "Main Results and Models": (model, top-1,
-# BaiduDrive link, extract code, GoogleDrive id), the MobileNetV2 and ResNet tables row by
-# row. GCP models are src/models/ResNet_MPNCOV.py / MobileNetV2_MPNCOV.py (reduction to
-# 256), `_128` ones the *_MPNCOV_128.py networks; GAP ones torchvision's architectures
-# (src/models/ResNet.py, MobileNetV2.py).
+# BaiduDrive link, extract code, GoogleDrive id), the MobileNetV2, ShuffleNetV2 (1.0x) and
+# ResNet tables row by row. GCP models are src/models/ResNet_MPNCOV.py /
+# MobileNetV2_MPNCOV.py / ShuffleNetV2_MPNCOV.py (reduction to 256), `_128` ones the
+# *_MPNCOV_128.py networks; GAP ones torchvision's architectures (src/models/ResNet.py,
+# MobileNetV2.py, ShuffleNetV2.py).
 _GCP_OPTIMIZATION = """
 MobileNetV2_GAP_LRnorm 71.62 1L0DHZhyzp_h02WfZ1xq8Hw va25 1NTKVzjpuJtDEBBShgBPailKdhntUXwKs
 MobileNetV2_GAP_LRfast 69.29 1-vujnIa4RVxw4QVG2j5zZg f5n4 1_OeoWrDUoSsRDFOA0-ZmIOzmWyelv9op
@@ -182,6 +182,12 @@ MobileNetV2_GCP_LRfast 72.45 1seBLgrtT9gnLgEJk80hbJA dq5w 1VHTcaoZU-IoeQlflbpPZJ
 MobileNetV2_GCP_LRadju 73.97 1HBacuaQ_8qbBaZFSJhn20Q i7y3 1b77p7IkLVMGKcvBb2p7tHgjr_I6tZjWh
 MobileNetV2_GCP_LRnorm_128 73.28 1egJRYtCmMTNnz5uhy5KvGg cxhu 1D5ab0tRhIWvFsV9vR67-GQtnen71MFmB
 MobileNetV2_GCP_LRadju_128 72.58 1WcOX5fKaGGDIcM6zTqL8fw 3qdx 1ZSZBIgknAOX3oC0sx6gsfbmMEV0gFKJ4
+ShuffleNetV2_GAP_LRnorm 67.96 1N43tW6kFwurjOn-YR9kukg rbew 1MtG2wGDk-JweO1vzX_7LxBvJvF_jCo1r
+ShuffleNetV2_GAP_LRfast 66.13 1Ot7COL8DmJAhLVy51Y6kqg 7y58 1apUs5zfR_ZdJO00tJHZwYHi2dIv6zVpm
+ShuffleNetV2_GAP_LRadju 67.15 1YKkFzLgMtcJ1Uw4nGoLqdg c7i8 1xnmnY7Dk6A5UaKSkS3xx71dz-kiMLrzw
+ShuffleNetV2_GCP_LRnorm 71.83 18_RE34Y0j7vxSXeyIY5dmA tr5u 1fEOyjZrXdcGuXvj8l0XwYCdt5uQx6fAM
+ShuffleNetV2_GCP_LRfast 70.29 1Eg4Gu3-qmqnzWxGjlJyfsA 8qxx 1-r46jSo8qooPeQdymyToaL3pQNTmOHtr
+ShuffleNetV2_GCP_LRadju 71.17 1rEPaU7Cyv8O1DUdHyFrW7Q nud1 1P-RlJat6XL7BxD5oCDz_ifKDq7NNRYqj
 ResNet18_GAP_LRnorm 70.47 1PYlOx5Ap8iy0JPz1nURZhQ z7ab 1hK56OuyrXiEIrp7D3CroaGM2L2-FSTl0
 ResNet18_GAP_LRfast 66.02 1Wam0yraiZoeAHqfScGcDXA 78uw 1870WX_VaHZd5qgcyUXaqtJ-EFpqx9uX4
 ResNet18_GAP_LRadju 69.62 1sBWTZodgD27V2Tr6hoIYnQ 29cn 1ttvh_nt6JURkkLHKhVr9r-VwcwXd7cfS
@@ -214,7 +220,8 @@ ResNet101_GCP_LRadju 79.18 1GzT6IgwdhkFVwSfisl7j_w ytfb 17lNCi6r8CXHM6-Z8Q7YckRR
 def _gcp_optimization(row: str) -> Entry:
   model, top1, baidu, code, drive = row.split()
   net, pooling, _, *dim = model.split("_")
-  arch = "mobilenet_v2" if net == "MobileNetV2" else f"resnet{net[6:]}"
+  arch = {"MobileNetV2": "mobilenet_v2", "ShuffleNetV2": "shufflenet_v2"}.get(
+      net, f"resnet{net[6:]}")
   head, dim = ("gap", None) if pooling == "GAP" else ("isqrt", int(dim[0]) if dim else 256)
   return Entry(f"gcp-optimization/{model.lower()}", ("gcp-optimization",), model,
                _resnet(arch, head, dim), _count(arch, head, dim), float(top1),

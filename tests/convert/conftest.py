@@ -47,13 +47,13 @@ def torch_models():
   8, FC-32) and MobileNetV2 (width 1, the only one where the release's channel rounding
   equals torchvision's; reduction to 16)."""
   pytest.importorskip("torch", reason="the PyTorch reference needs torch (test extra)")
-  from references import torch_resnet
+  from references import torch_resnet, torch_vgg
   cache = {}
 
   def get(arch, head, variant="pytorch"):
     if (arch, head, variant) not in cache:
       if arch == "vgg16_bn":
-        model = torch_resnet.MPNCOVVGG(width=8, dim=8, hidden=32, num_classes=10)
+        model = torch_vgg.Network("vgg16_bn", dim=8, hidden=32, num_classes=10, width=8)
       elif arch == "mobilenet_v2":
         model = torch_resnet.MobileNetV2(head, dim=16, num_classes=10)
       else:

@@ -45,15 +45,15 @@ def assert_same_tree(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-finetune = lambda model: torch_resnet.Basemodel(model, pretrained=True)
+finetune = lambda model: torch_resnet.fastmpn_resnet(model, pretrained=True)
 # (layout, arch, head, the release's network around the port, what its main.py wraps in
 # DataParallel: None for a bare state_dict as published).
 RELEASES = [
     ("torchvision", "resnet18", "gap", None, None),
     ("mpncovresnet", "resnet18", "isqrt", None, "model"),          # GCP_Optimization
     ("mpncovresnet", "resnet18", "dropcov", None, "model"),        # DropCov's ResNet_ACD
-    ("fastmpn_resnet", "resnet18", "isqrt", torch_resnet.Basemodel, "features"),
-    ("fastmpn_resnet", "resnet18", "gap", torch_resnet.Basemodel, "features"),  # GAvP
+    ("fastmpn_resnet", "resnet18", "isqrt", torch_resnet.fastmpn_resnet, "features"),
+    ("fastmpn_resnet", "resnet18", "gap", torch_resnet.fastmpn_resnet, "features"),  # GAvP
     ("fastmpn_resnet_finetune", "resnet18", "isqrt", finetune, "features"),
     ("fastmpn_vgg", "vgg16_bn", "isqrt", None, "features"),
     ("gcp_opt_mobilenet", "mobilenet_v2", "isqrt", None, "model"),
@@ -102,7 +102,7 @@ def r18_checkpoint(torch_models, tmp_path_factory):
 
 def test_export_into_every_layout_that_holds_the_model(r18_checkpoint, tmp_path, capsys):
   out, model = r18_checkpoint
-  networks = {"mpncovresnet": model, "fastmpn_resnet": torch_resnet.Basemodel(model),
+  networks = {"mpncovresnet": model, "fastmpn_resnet": torch_resnet.fastmpn_resnet(model),
               "fastmpn_resnet_finetune": finetune(model)}
   assert layouts.fitting(checkpoint.load_model_spec(out)) == list(networks)
   for name, network in networks.items():
@@ -118,7 +118,8 @@ def test_export_into_every_layout_that_holds_the_model(r18_checkpoint, tmp_path,
 def test_export_refuses_layouts_that_cannot_hold_the_model(r18_checkpoint, tmp_path):
   out, _ = r18_checkpoint
   with pytest.raises(ConversionError, match=r"fastmpn_vgg layout .* cannot hold this model: "
-                     r"its network is a VGG-16-BN .* this model is resnet18 \+ isqrt head.*"
+                     r"its network is a VGG or AlexNet .* this model is resnet18 \+ isqrt "
+                     r"head.*"
                      r"Layouts that can: mpncovresnet, fastmpn_resnet, fastmpn_resnet_fine"):
     gcp.convert.export(out, str(tmp_path / "x.pth"), layout="fastmpn_vgg")
   with pytest.raises(ConversionError, match=r"variant='mindspore' ResNet"):

@@ -8,7 +8,7 @@ import pytest
 
 import gcp.convert
 from gcp import checkpoint
-from gcp.convert import ConversionError, layouts
+from gcp.convert import layouts
 from gcp.convert.torch_layout import entries, infer_model_spec, to_torch
 from gcp.models import create_model
 
@@ -46,7 +46,7 @@ def mobilenet_v2_names():
 def random_variables(spec, seed=0):
   """Variables of `create_model(**spec)` with random values, without compiling `init`."""
   model = create_model(**spec)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 96, 96, 3))))
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
 
@@ -89,6 +89,9 @@ LAYOUT_MODELS = {
     "torchvision": dict(arch="resnet18", head="gap", width=8),
     "mpncovresnet": dict(arch="resnet50", head="dropcov", width=8, reduction_dim=8),
     "fastmpn_vgg": CASES["vgg16_bn"][0],
+    "fastmpn_densenet": dict(arch="densenet121", head="isqrt", growth_rate=8,
+                             block_config=(1, 2, 1, 1), num_init_features=16, reduction_dim=8),
+    "fastmpn_inception": dict(arch="inception_v3", head="isqrt", reduction_dim=8),
     "gcp_opt_mobilenet": dict(arch="mobilenet_v2", head="isqrt", width_mult=0.25,
                               reduction_dim=8),
     "fastmpn_resnet": dict(arch="resnet18", head="isqrt", width=8, reduction_dim=8),
@@ -126,13 +129,11 @@ def test_every_head_parameter_has_a_name():
                       head="dropcov", num_classes=3)
 
 
-def test_a_vgg_without_the_fc4096_classifier_is_named():
-  """fast-MPN-COV's fine-tuned mpncovvgg16_bn ends in one Linear layer (classifier.weight),
-  which gcp's vgg16_bn has no counterpart for."""
-  spec = {**CASES["vgg16_bn"][0], "num_classes": 7}
+def test_a_fine_tuned_vgg_with_one_linear_classifier_is_read():
+  """fast-MPN-COV's fine-tuned VGGs (--pretrained) end in one Linear layer
+  (classifier.weight): our `hidden=0`."""
+  spec = {**CASES["vgg16_bn"][0], "num_classes": 7, "hidden": 0, "reduction_dim": None}
   tensors = to_torch(random_variables(spec))
-  for name in [n for n in tensors if n.startswith("classifier.")]:
-    del tensors[name]
-  tensors["classifier.weight"], tensors["classifier.bias"] = np.zeros((7, 36)), np.zeros(7)
-  with pytest.raises(ConversionError, match="fine-tuned VGGs end in one Linear layer"):
-    infer_model_spec(tensors)
+  assert {n for n in tensors if n.startswith("classifier")} == {"classifier.weight",
+                                                                 "classifier.bias"}
+  assert infer_model_spec(tensors) == {**spec, "arch": "vgg16_bn", "head": "isqrt"}

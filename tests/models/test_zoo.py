@@ -46,9 +46,11 @@ def feature_map(model, size):
   return state["intermediates"]["head"]["reduce"]["__call__"][0].shape
 
 
-def test_vgg_drops_its_last_pool_under_a_second_order_head():
+def test_vgg_and_alexnet_replace_their_last_pool_with_the_head():
   model = create_model("vgg16_bn", head="isqrt", num_classes=10, reduction_dim=256)
   assert feature_map(model, 224) == (1, 14, 14, 256)
+  model = create_model("alexnet", head="isqrt", num_classes=10, reduction_dim=256)
+  assert feature_map(model, 224) == (1, 13, 13, 256)
 
 
 def test_mobilenet_keeps_its_strides():
@@ -163,10 +165,31 @@ def test_init_schemes(arch, scheme, std):
   assert abs(kernel.std() / std - 1) < 0.05
 
 
+# fast-MPN-COV's Basemodel networks: their backbone's own conv init, and a fresh PyTorch
+# Linear classifier (uniform +-1/sqrt(fan_in): std 1/sqrt(3 fan_in)). A 3x3 conv from 128 to
+# 256 channels (fan-in 1,152, fan-out 2,304) and a 512 -> 1000 dense layer.
+@pytest.mark.parametrize("arch, scheme, conv_std", [
+    ("alexnet", "pytorch", (1 / (3 * 1152)) ** 0.5),   # nn.Conv2d's default
+    ("densenet121", "densenet", (2 / 1152) ** 0.5),     # Kaiming-normal fan-in
+    # normal(0.1) truncated at 2 sigma (torchvision's old Inception3): std 0.1 * 0.8796
+    ("inception_v3", "inception", 0.1 * 0.8796),
+])
+def test_basemodel_networks_initialise_as_their_release(arch, scheme, conv_std):
+  assert create_model(arch, head="gap", num_classes=10).init_scheme == scheme
+  conv, dense = (np.asarray(init(jax.random.key(1), shape)) for init, shape in zip(
+      layers.INITS[scheme], [(3, 3, 128, 256), (512, 1000)]))
+  assert abs(conv.std() / conv_std - 1) < 0.03
+  assert abs(dense.std() / (1 / (3 * 512)) ** 0.5 - 1) < 0.03
+  assert np.abs(dense).max() <= 512 ** -0.5
+  if scheme == "inception":
+    assert np.abs(conv).max() <= 0.2
+
+
 # ------------------------------------------------------- every backbone x head, one step
 
 TINY = {"vgg16_bn": dict(width=8, hidden=16), "mobilenet_v2": dict(width_mult=0.25),
-        "shufflenet_v2": dict(width_mult=0.5)}
+        "shufflenet_v2": dict(width_mult=0.5),
+        "densenet121": dict(growth_rate=4, block_config=(1, 1, 1, 1), num_init_features=8)}
 # Every head trains on a ResNet in test_train.py, through the same backbone-head interface;
 # here each backbone trains with the iSQRT head by default. The rest: pytest -m slow.
 FAST_HEADS = ("isqrt",)

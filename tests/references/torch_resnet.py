@@ -15,18 +15,15 @@ and savers that write files as the releases' training scripts do.
   `variant='mindspore'` reproduces the MindSpore releases (SPEC §6): TF SAME padding in
   ResNet-50/101 (extra row/column at the bottom/right of strided convs and the max-pool),
   BatchNorm eps 1e-4, except 1e-5 for the ResNet-18/34 stem and downsample BNs.
-- `Basemodel`: fast-MPN-COV's src/network/base.py + model_init.py `Newmodel` around an
-  mpncovresnet (MPNCOV) or torchvision ResNet (GAvP): features (the backbone's children),
-  representation (`MPNCOV`, src/representation/MPNCOV.py), classifier.
-- `MPNCOVVGG`: fast-MPN-COV's mpncovvgg16_bn (src/network/mpncovvgg.py), run as its
-  Basemodel runs it (features -> representation -> classifier; the class's own forward
-  skips the representation).
+- `Basemodel`: fast-MPN-COV's src/network/base.py + model_init.py `Newmodel` (features,
+  representation, classifier); `fastmpn_resnet` builds it around an mpncovresnet (MPNCOV,
+  src/representation/MPNCOV.py) or a torchvision ResNet (GAvP).
 - `MobileNetV2`: GCP_Optimization's src/models/MobileNetV2.py ('gap') and
   MobileNetV2_MPNCOV.py ('isqrt': dimension_reduction with ReLU6). Channels are
   `int(c * width_mult)` as there; torchvision rounds to multiples of 8, which agrees at
   width_mult 1.0 only.
-Sizes the releases hard-code (the reduction's 256, VGG's 4096) are arguments, for tiny
-test models.
+Sizes the releases hard-code (the reduction's 256) are arguments, for tiny test models.
+(fast-MPN-COV's VGGs and AlexNet: `torch_vgg`.)
 """
 import argparse
 
@@ -171,70 +168,49 @@ class MPNCOV(nn.Module):
 
 
 class Basemodel(nn.Module):
-  """fast-MPN-COV's Basemodel / Newmodel around `base`, a `ResNet` port (head 'isqrt' for
-  mpncovresnet, 'gap' for torchvision's ResNet with GAvP), sharing its modules:
+  """fast-MPN-COV's Basemodel / Newmodel forward (src/network/base.py, model_init.py):
+  features -> representation -> view(B, -1) -> classifier, the three parts the release
+  rebuilds every backbone into (`fastmpn_resnet`, `torch_vgg`, `torch_densenet`,
+  `torch_inception`)."""
+
+  def __init__(self, features: nn.Module, representation: nn.Module, classifier: nn.Module):
+    super().__init__()
+    self.features, self.representation, self.classifier = features, representation, classifier
+
+  def forward(self, x):
+    x = self.representation(self.features(x))
+    return self.classifier(x.view(x.size(0), -1))
+
+
+def representation(port: nn.Module, channels: int) -> nn.Module:
+  """The Basemodel's representation of a port with head 'gap' (GAvP: adaptive average
+  pooling) or 'isqrt' (MPNCOV on `channels`, its `conv_dr_block` holding the port's
+  `layer_reduce` and `layer_reduce_bn` if it has them)."""
+  if port.head == "gap":
+    return nn.AdaptiveAvgPool2d((1, 1))
+  reduce = getattr(port, "layer_reduce", None)
+  mpncov = MPNCOV(channels, reduce and reduce.out_channels)
+  if reduce is not None:
+    mpncov.conv_dr_block[0], mpncov.conv_dr_block[1] = reduce, port.layer_reduce_bn
+  return mpncov
+
+
+def fastmpn_resnet(base: ResNet, pretrained: bool = False) -> Basemodel:
+  """The Basemodel around `base`, a `ResNet` port (head 'isqrt' for mpncovresnet, 'gap' for
+  torchvision's ResNet with GAvP), sharing its modules:
     pretrained=False (training from scratch): features = conv1 ... layer4, representation
       = MPNCOV(dimension_reduction=d) holding the reduction block, classifier = fc;
     pretrained=True (fine-tuning an mpncovresnet): features = every child but fc (the
       reduction block included), representation = MPNCOV without reduction.
   """
-
-  def __init__(self, base: ResNet, pretrained: bool = False):
-    super().__init__()
-    children = list(base.children())
-    if base.head == "gap":
-      self.features = nn.Sequential(*children[:-2])
-      self.representation = base.avgpool  # GAvP
-    elif pretrained:
-      self.features = nn.Sequential(*children[:-1])
-      self.representation = MPNCOV(base.layer_reduce.out_channels)
-    else:
-      self.features = nn.Sequential(*children[:8])
-      self.representation = MPNCOV(base.layer_reduce.in_channels,
-                                   base.layer_reduce.out_channels)
-      self.representation.conv_dr_block[0] = base.layer_reduce
-      self.representation.conv_dr_block[1] = base.layer_reduce_bn
-    self.classifier = base.fc
-
-  def forward(self, x):
-    x = self.representation(self.features(x))
-    return self.classifier(x.view(x.size(0), -1))
-
-
-VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-         512, 512, 512, "M")
-
-
-def make_layers(cfg, width=64):
-  """mpncovvgg.py's make_layers(cfg, batch_norm=True), channels scaled by width / 64."""
-  layers, cin = [], 3
-  for v in cfg:
-    if v == "M":
-      layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
-    else:
-      v = v * width // 64
-      layers += [nn.Conv2d(cin, v, kernel_size=3, padding=1), nn.BatchNorm2d(v),
-                 nn.ReLU(inplace=True)]
-      cin = v
-  return nn.Sequential(*layers)
-
-
-class MPNCOVVGG(nn.Module):
-  """fast-MPN-COV's mpncovvgg16_bn: VGG-16-BN features without the last max-pool, MPNCOV
-  with a reduction to `dim`, the FC-`hidden` classifier."""
-
-  def __init__(self, width=64, dim=256, hidden=4096, num_classes=1000):
-    super().__init__()
-    self.features = make_layers(VGG16, width)[:-1]
-    self.representation = MPNCOV(512 * width // 64, dim)
-    self.classifier = nn.Sequential(
-        nn.Linear(dim * (dim + 1) // 2, hidden), nn.ReLU(True), nn.Dropout(),
-        nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(),
-        nn.Linear(hidden, num_classes))
-
-  def forward(self, x):
-    x = self.representation(self.features(x))
-    return self.classifier(x.view(x.size(0), -1))
+  children = list(base.children())
+  if base.head == "gap":
+    return Basemodel(nn.Sequential(*children[:-2]), base.avgpool, base.fc)  # GAvP
+  if pretrained:
+    return Basemodel(nn.Sequential(*children[:-1]), MPNCOV(base.layer_reduce.out_channels),
+                     base.fc)
+  return Basemodel(nn.Sequential(*children[:8]),
+                   representation(base, base.layer_reduce.in_channels), base.fc)
 
 
 class ConvBNReLU(nn.Sequential):
