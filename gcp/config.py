@@ -43,9 +43,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 2
 
   c.model = ml_collections.ConfigDict()
-  c.model.arch = "resnet50"         # gcp.models.ARCHS: resnet18/34/50/101/152, vgg16_bn,
-                                    # mobilenet_v2, shufflenet_v2; vit_s16, vit_b16,
-                                    # deit_t16, deit_s16; tsn_resnet50/101/152 (video)
+  c.model.arch = "resnet50"         # gcp.models.ARCHS: resnet18/34/50/101/152, alexnet,
+                                    # vgg11...vgg19_bn, densenet121/161/169/201,
+                                    # inception_v3, mobilenet_v2, shufflenet_v2; vit_s16,
+                                    # vit_b16, deit_t16/s16/b16, dropcov_deit_t,
+                                    # dropcov_t2t_vit_14; tsn_resnet50/101/152 (video)
   c.model.head = "isqrt"            # CNNs: gcp.heads.HEADS (gap cov isqrt eig bcnn cbp
                                     # dropcov); ViTs: TOKEN_HEADS (linear mp mp_plus
                                     # dropcov); video: VIDEO_HEADS (gap cstp tcp)
@@ -68,13 +70,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.cptm_fusion = "competitive"  # competitive (softmax over branches) | average
   c.model.snippet_frames = 1        # AMS-Net*: 3 frames per segment stacked (9 channels)
   # Vision transformers (gcp.models.vit) and their token heads (gcp.heads.TOKEN_HEADS).
-  c.model.stem = "patch"            # patch (embedding) | conv (the DropCov release's DeiT-S:
+  c.model.stem = "patch"            # patch (embedding) | conv (the DropCov release's DeiTs:
                                     # its token stem, no qkv bias, LayerNorm eps 1e-5)
   c.model.drop_path = 0.0           # stochastic depth of the last block (linear in depth)
   c.model.psrp_rank = 16            # mp_plus: hidden width of the PSRP adapters
   c.model.proj_dim = 512            # mp: patch-token projection, split into num_groups
   c.model.num_groups = 4
   c.model.mean_removal = "scalar"   # mp, dropcov: scalar (the release) | channel
+  c.model.cov_heads = 6             # dropcov (token head): covariance heads...
+  c.model.cov_head_dim = 24         # ...and their width
   c.model.approximate_gelu = False  # tanh GELU (big_vision) instead of exact (timm)
 
   c.optim = ml_collections.ConfigDict()

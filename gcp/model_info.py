@@ -76,16 +76,27 @@ RELEASED = [
 
 
 # Transformers with token heads (SPEC §4): (configuration, arch, head, trained parameters
-# (`config.trainable_params`), published trained params, published top-1 %, source). The
-# papers' counts omit MP's 768 -> 512 projection (393,728 parameters).
+# (`config.trainable_params`), published trained params, published top-1 %, source, further
+# `create_model` options). The papers' counts omit MP's 768 -> 512 projection (393,728
+# parameters). DropCov's DeiTs train from scratch on the release's conv token stem; its
+# README cuts 24,999,056 to 24.9M.
+_DROPCOV_DEIT = {"stem": "conv"}
 TRANSFORMERS = [
     ("ViT-B/16 linear probe", "vit_b16", "linear", "^head/", "0.77M", "82.04",
-     "Moment Probing"),
-    ("ViT-B/16 MP", "vit_b16", "mp", "^head/", "3.65M", "83.15", "Moment Probing"),
+     "Moment Probing", {}),
+    ("ViT-B/16 MP", "vit_b16", "mp", "^head/", "3.65M", "83.15", "Moment Probing", {}),
     ("ViT-B/16 MP+", "vit_b16", "mp_plus", "^head/|/psrp/", "4.10M", "83.62",
-     "Moment Probing"),
+     "Moment Probing", {}),
     ("ViT-B/16 full fine-tuning", "vit_b16", "linear", "", "86.57M", "83.58",
-     "Moment Probing"),
+     "Moment Probing", {}),
+    ("DeiT-S", "deit_s16", "linear", "", "22.1M", "79.8", "DropCov", {}),
+    ("DeiT-S DropCov", "deit_s16", "dropcov", "", "25.6M", "82.4", "DropCov", _DROPCOV_DEIT),
+    ("DeiT-T (240 wide) DropCov", "dropcov_deit_t", "dropcov", "", "", "", "DropCov",
+     {**_DROPCOV_DEIT, "cov_head_dim": 14}),
+    ("DeiT-B DropCov", "deit_b16", "dropcov", "", "", "", "DropCov",
+     {**_DROPCOV_DEIT, "cov_heads": 12}),
+    ("T2T-ViT-14 size DropCov", "dropcov_t2t_vit_14", "dropcov", "", "24.9M", "82.7",
+     "DropCov", _DROPCOV_DEIT),
 ]
 
 
@@ -158,8 +169,8 @@ def card_row(entry: tuple, size: int = 224, with_xla: bool = True) -> dict:
 def transformer_row(entry: tuple, size: int = 224) -> dict:
   """The model card line of one TRANSFORMERS entry (1000 classes, `size` px input)."""
   from gcp.train import split_trainable
-  label, arch, head, trainable, p_trained, p_top1, source = entry
-  model = create_model(arch, head=head, num_classes=1000)
+  label, arch, head, trainable, p_trained, p_top1, source, options = entry
+  model = create_model(arch, head=head, num_classes=1000, **options)
   params = _abstract(model, size)[0]["params"]
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa
   return {"configuration": label, "params": count(params),

@@ -375,6 +375,8 @@ def release_network(entry, num_classes=None):
           probing_mode="mp" if model.endswith(("_mp", "mp_plus")) else "cls_token"), "pytorch"
   if model == "deit_s16_dropcov":  # on the CPU: its position embedding is a fixed table
     return torch_dropcov_vit.DeitDrop(), "pytorch"
+  if model == "t2t_vit_14_dropcov":
+    return torch_dropcov_vit.DeitDrop(**torch_dropcov_vit.RELEASES["T2T_ViT_14"]), "pytorch"
   raise KeyError(f"no release network for {entry.name}")
 
 

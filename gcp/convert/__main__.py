@@ -56,12 +56,15 @@ _RECIPES = (
      None, 1000),
     ("configs/deit_dropcov.py:{arch},{head}", ("deit_s16",), ("linear", "dropcov"), None,
      1000),
+    ("configs/deit_dropcov.py:{arch},dropcov", ("dropcov_deit_t", "deit_b16",
+                                                "dropcov_t2t_vit_14"), ("dropcov",), None, 1000),
 )
 # 1000-class models without a recipe of their own: the ImageNet recipe of their family.
 _FAMILY_RECIPE = {"vit_b16": "configs/moment_probing.py:imagenet,linear",
                   "vit_s16": "configs/moment_probing.py:imagenet,linear",
                   "deit_s16": "configs/deit_dropcov.py:deit_s16,linear",
-                  "deit_t16": "configs/deit_dropcov.py:deit_s16,linear"}
+                  "deit_t16": "configs/deit_dropcov.py:deit_s16,linear",
+                  "deit_b16": "configs/deit_dropcov.py:deit_s16,linear"}
 
 
 def recipe(spec: dict) -> str | None:

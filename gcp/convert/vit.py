@@ -15,7 +15,8 @@ networks that hold them; `detect_layout` tells them from a file's names):
                   timm's names, the MP head `head.{proj, ln, downblocks.0.0, downblocks.0.2,
                   classifier1, classifier2}` and MP+'s `blocks.{i}.psrp.{down, up_weight,
                   up_bias}`.
-  dropcov_deit    the DropCov release's DeiT (`Deit_drop_Small`): the conv token stem
+  dropcov_deit    the DropCov release's DeiTs (`Deit_drop_Tiny` / `_Small` / `_Base`,
+                  `T2T_ViT_14`; one network class at four sizes): the conv token stem
                   `visual_tokens.tokens.{stem.0, stage.{k}..., transition}`, `cls_token`,
                   `pos_embed` (its fixed sinusoidal table), timm's block names (qkv without
                   bias), `norm`, `classifier.{representation.wr, cls_fc, visual_fc}`.
@@ -408,8 +409,9 @@ def infer_spec(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
   shape = (patch, width, depth, heads, mlp)
   arch = [a for a, s in VIT_SIZES.items()
           if all(want is None or want == have for want, have in zip(shape, s))]
-  # ViT-S and DeiT-S share a shape; the conv stem exists only in the DropCov release's DeiT.
-  arch.sort(key=lambda a: conv_stem and not a.startswith("deit"))
+  # ViT-S and DeiT-S (ViT-B, DeiT-B) share a shape; the conv stem exists only in the
+  # DropCov release's DeiTs.
+  arch.sort(key=lambda a: conv_stem and not a.startswith(("deit", "dropcov")))
   if not arch:
     raise ConversionError(f"a ViT with patch {patch or '-'}, width {width}, depth {depth}, "
                           f"{heads or '?'} heads and MLP {mlp} is not one of "
@@ -432,8 +434,9 @@ _NETWORKS = {
                        "(models/vision_transformer.py: probing_mode mp, tuning_mode psrp)",
                        "pytorch", "patch", ("linear", "mp", "mp_plus"),
                        {"approximate_gelu": False, "mean_removal": "scalar"}),
-    "dropcov_deit": ("the DropCov release's DeiT (Transformers/src/transformer.py Vit, "
-                     "Deit_drop_Small)", "pytorch", "conv", ("dropcov",),
+    "dropcov_deit": ("the DropCov release's DeiTs (Transformers/src/transformer.py Vit: "
+                     "Deit_drop_Tiny, Deit_drop_Small, Deit_drop_Base, T2T_ViT_14)",
+                     "pytorch", "conv", ("dropcov",),
                      {"approximate_gelu": False, "mean_removal": "scalar"}),
     "augreg": ("big_vision's ViT (google-research/vision_transformer, AugReg .npz)",
                "vit_npz", "patch", ("linear",), {}),

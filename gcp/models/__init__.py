@@ -83,7 +83,8 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
     arch: one of `ARCHS`: a CNN (ResNets, 'alexnet', 'vgg11' ... 'vgg19_bn',
       'densenet121' ... 'densenet201', 'inception_v3', 'mobilenet_v2', 'shufflenet_v2'),
       a ViT of `VIT_ARCHS` ('vit_s16', 'vit_b16',
-      'deit_t16', 'deit_s16', 'vit_test') or a video model of `VIDEO_ARCHS`
+      'deit_t16', 'deit_s16', 'deit_b16', the DropCov release's 'dropcov_deit_t' and
+      'dropcov_t2t_vit_14', 'vit_test') or a video model of `VIDEO_ARCHS`
       ('tsn_resnet50', 'tsn_resnet101', 'tsn_resnet152').
     head: one of `gcp.heads.HEADS` for CNNs, of `gcp.heads.TOKEN_HEADS` ('linear', 'mp',
       'mp_plus', 'dropcov') for ViTs, of `gcp.models.video.VIDEO_HEADS` ('gap', 'cstp', 'tcp') for

@@ -4,7 +4,8 @@ CSTP neck, and TCPNet's second-order head.
 A clip `[B, T, H, W, C]` (C = 3 * snippet_frames) has its frames folded into the batch for
 the 2D backbone; the modules that look across time unfold it to `[B, T, h, w, c]`. The
 backbone's parameter names are the image ResNet's (conv1, bn1, layer{i}_{j}/...), so
-`gcp.checkpoint.inflate_image_variables` initialises it from our ImageNet checkpoints. Configurations:
+`gcp.checkpoint.inflate_image_variables` initialises it from our ImageNet checkpoints.
+Configurations:
 
   TSN       head='gap'                 frames and positions averaged -> dropout -> fc
   AMS-Net   head='cstp', cptm=True     CPTM after layer1 and layer3, CSTP neck on res4/res5,

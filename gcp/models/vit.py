@@ -37,12 +37,19 @@ import numpy as np
 
 from gcp.layers import batch_norm, max_pool_3x3_s2, pool
 
-# arch -> (patch, width, depth, heads, mlp_dim). DeiT-S has ViT-S's shape.
+# arch -> (patch, width, depth, heads, mlp_dim). DeiT-S has ViT-S's shape, DeiT-B ViT-B's.
+# The DropCov release trains its DeiTs with the conv token stem (`stem='conv'`, which has no
+# patch size): deit_s16 (Deit_drop_Small), deit_b16 (Deit_drop_Base), and two shapes of its
+# own: Deit_drop_Tiny (240 wide, 4 heads, MLP 2.5x, not DeiT-T's 192) and T2T_ViT_14 (T2T-ViT-
+# 14's 384 x 14 blocks, MLP 3x, on the same conv stem: not T2T-ViT's tokens-to-token module).
 VIT_SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "vit_s16": (16, 384, 12, 6, 1536),
     "vit_b16": (16, 768, 12, 12, 3072),
     "deit_t16": (16, 192, 12, 3, 768),
     "deit_s16": (16, 384, 12, 6, 1536),
+    "deit_b16": (16, 768, 12, 12, 3072),
+    "dropcov_deit_t": (16, 240, 12, 4, 600),
+    "dropcov_t2t_vit_14": (16, 384, 14, 6, 1152),
     "vit_test": (8, 32, 2, 2, 64),  # a tiny ViT for tests: 32 px images -> 4 x 4 patches
 }
 LN_EPS = 1e-6

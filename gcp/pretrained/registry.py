@@ -8,8 +8,9 @@ parameter count of the release's network, which our model built from the spec ha
 (tested, as is the spec against the converter's inference from the release network's
 names and shapes).
 
-Not listed: models no gcp architecture computes (the DropCov release's Swin-T and
-T2T-ViT-14 with and without DropCov) and GCP_Optimization's COCO detection backbones.
+Not listed: models no gcp architecture computes (the DropCov release's Swin-T with and
+without DropCov, and its T2T-ViT-14 baseline, T2T-ViT's own network) and GCP_Optimization's
+COCO detection backbones.
 """
 import dataclasses
 import re
@@ -250,6 +251,12 @@ ENTRIES += [
           {"arch": "deit_s16", "stem": "conv", "head": "dropcov", "num_classes": 1000,
            "cov_heads": 6, "cov_head_dim": 24}, 25_586_576, 82.4,
           (_drive_file("1Ziw9dRvainxIQlq_9htZ58inr6nRsPmx"),)),
+    # transformer.py's T2T_ViT_14 (train_T2T_ViT_Drop_14.sh): its DeiT on the conv stem at
+    # T2T-ViT-14's size, the only T2T network the release's code builds.
+    Entry("dropcov/t2t_vit_14_dropcov", ("dropcov",), "T2T-ViT-14-S+DropCov(Ours)",
+          {"arch": "dropcov_t2t_vit_14", "stem": "conv", "head": "dropcov",
+           "num_classes": 1000, "cov_heads": 6, "cov_head_dim": 24}, 24_999_056, 82.7,
+          (_drive_file("1KQmJ7cZjDPy4WOmOGAPGr9wbBWaQGNPo"),)),
 ]
 
 # mingzeG/Moment-Probing README.md, "checkpoint list (ViT-B/16 SUP)": ImageNet-21k ViT-B/16

@@ -294,7 +294,20 @@ def test_export_refuses_a_layout_whose_release_has_no_such_network(tmp_path):
      lambda: torch_mp.VisionTransformer(probing_mode="mp", tuning_mode="psrp"), 90_288_170),
     ("dropcov_deit", "deit_s16", {"head": "dropcov", "stem": "conv"},
      torch_dropcov_vit.DeitDrop, 25_586_576),
-], ids=["mp", "mp_plus", "dropcov_deit"])
+    # The release's other constructors: one network class, read by the same layout.
+    ("dropcov_deit", "dropcov_deit_t",
+     {"head": "dropcov", "stem": "conv", "cov_heads": 6, "cov_head_dim": 14},
+     lambda: torch_dropcov_vit.DeitDrop(**torch_dropcov_vit.RELEASES["Deit_drop_Tiny"]),
+     8_003_696),
+    ("dropcov_deit", "deit_b16", {"head": "dropcov", "stem": "conv", "cov_heads": 12},
+     lambda: torch_dropcov_vit.DeitDrop(**torch_dropcov_vit.RELEASES["Deit_drop_Base"]),
+     93_722_000),
+    # The README's 24.9 M for T2T-ViT-14-S+DropCov is this count cut, not rounded.
+    ("dropcov_deit", "dropcov_t2t_vit_14", {"head": "dropcov", "stem": "conv"},
+     lambda: torch_dropcov_vit.DeitDrop(**torch_dropcov_vit.RELEASES["T2T_ViT_14"]),
+     24_999_056),
+], ids=["mp", "mp_plus", "dropcov_deit_s", "dropcov_deit_t", "dropcov_deit_b",
+        "dropcov_t2t_vit_14"])
 def test_full_size_layouts_equal_the_releases_state_dicts(name, arch, options, build, count):
   """At the releases' sizes (1000 classes, 224 px): the names and shapes export writes and
   strict import expects are exactly the release network's state_dict, and the parameter
@@ -308,3 +321,7 @@ def test_full_size_layouts_equal_the_releases_state_dicts(name, arch, options, b
   assert vit.release_shapes(target, RELEASES[name][2]) == want
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(target["params"])) == count
   assert count == sum(p.numel() for p in release.parameters() if p.requires_grad)
+  # Import reads the architecture back off the names and shapes (zero-stride arrays).
+  arrays = {n: np.broadcast_to(np.float32(0), shape) for n, shape in want.items()}
+  spec = vit.infer_spec(vit.to_ours(arrays, RELEASES[name][2]))
+  assert spec["arch"] == arch and options.items() <= spec.items()

@@ -19,7 +19,8 @@ def test_options_of_other_heads_are_ignored():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(arch="resnet19"), r"unknown arch 'resnet19'; valid archs: resnet18, resnet34"),
-    (dict(head="isqrtt"), r"unknown head 'isqrtt'; valid heads: gap, cov, isqrt, eig, bcnn, cbp, dropcov"),
+    (dict(head="isqrtt"),
+     r"unknown head 'isqrtt'; valid heads: gap, cov, isqrt, eig, bcnn, cbp, dropcov"),
     (dict(dtype="float8"), r"unknown dtype 'float8'; valid dtypes: float32"),
     (dict(num_classes=0), r"num_classes must be a positive integer"),
     (dict(num_iter=5), r"unknown model option\(s\) \['num_iter'\]; valid options: .*num_iters"),

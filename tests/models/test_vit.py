@@ -208,7 +208,8 @@ def test_bfloat16_compute_stays_close_and_returns_float32():
 
 
 def test_create_model_vit_registry_and_options():
-  assert set(VIT_ARCHS) == {"vit_s16", "vit_b16", "deit_t16", "deit_s16", "vit_test"}
+  assert set(VIT_ARCHS) == {"vit_s16", "vit_b16", "deit_t16", "deit_s16", "deit_b16",
+                            "dropcov_deit_t", "dropcov_t2t_vit_14", "vit_test"}
   assert set(TOKEN_HEADS) == {"linear", "mp", "mp_plus", "dropcov"}
   assert set(TOKEN_HEADS) & set(HEADS) == {"dropcov"}  # the arch picks the registry
   assert isinstance(create_model("vit_test", head="dropcov", num_classes=3).head,

@@ -71,7 +71,8 @@ def test_channel_dropout_at_rate_one_and_zero():
   x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 4, 6)), jnp.float32)
   dropped = dropcov.channel_dropout(x, jnp.float32(1.0), jax.random.key(0))
   assert np.all(np.asarray(dropped) == 0)
-  grad = jax.grad(lambda f: dropcov.channel_dropout(f, jnp.float32(1.0), jax.random.key(0)).sum())(x)
+  grad = jax.grad(
+      lambda f: dropcov.channel_dropout(f, jnp.float32(1.0), jax.random.key(0)).sum())(x)
   assert np.all(np.isfinite(grad))
   np.testing.assert_array_equal(dropcov.channel_dropout(x, jnp.float32(0.0), jax.random.key(0)), x)
 

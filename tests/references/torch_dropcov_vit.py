@@ -152,9 +152,23 @@ class VisualTokens(nn.Module):
     return self.tokens(x)
 
 
+# The release's constructors (transformer.py), as each sets its module-level configs:
+# dim, depth, heads, MLP width, covariance heads and their width (`wr_dim`). T2T_ViT_14 sets
+# no `wr_dim`, so keeps the configs' 24 (in a process that built no other model first).
+RELEASES = {
+    "Deit_drop_Tiny": dict(dim=240, depth=12, num_heads=4, mlp_dim=600, cov_heads=6,
+                           wr_dim=14),
+    "Deit_drop_Small": dict(dim=384, depth=12, num_heads=6, mlp_dim=1536, cov_heads=6,
+                            wr_dim=24),
+    "Deit_drop_Base": dict(dim=768, depth=12, num_heads=12, mlp_dim=3072, cov_heads=12,
+                           wr_dim=24),
+    "T2T_ViT_14": dict(dim=384, depth=14, num_heads=6, mlp_dim=1152, cov_heads=6, wr_dim=24),
+}
+
+
 class DeitDrop(nn.Module):
-  """The release's `Vit` (Deit_drop_Small: dim 384, depth 12, 6 heads, MLP 1536, 6 x 24
-  covariance heads): NCHW images -> logits."""
+  """The release's `Vit` (by default Deit_drop_Small: dim 384, depth 12, 6 heads, MLP 1536,
+  6 x 24 covariance heads; `RELEASES` has the others): NCHW images -> logits."""
 
   def __init__(self, dim=384, depth=12, num_heads=6, mlp_dim=1536, num_classes=1000,
                cov_heads=6, wr_dim=24, mean_removal="scalar"):
