@@ -1,4 +1,5 @@
 """Shared by the conversion tests: PyTorch reference models and our forward pass."""
+import copy
 import json
 
 import jax
@@ -26,6 +27,58 @@ def theirs(model, images=IMAGES) -> np.ndarray:
   import torch
   with torch.no_grad():
     return model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+def _release_logits(network, images) -> np.ndarray:
+  """A PyTorch network's logits on NHWC `images`, computed in float64 (on a copy)."""
+  import torch
+  with torch.no_grad():
+    return copy.deepcopy(network).double()(
+        torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float64))).numpy()
+
+
+def _check_exports_back(release, converted, out_dir: str, images, tmp_path) -> None:
+  """A release file converted into `out_dir` (`converted`: its `Converted`) goes back:
+  export writes the layout it came from, which a copy of the release network loads
+  strictly with every tensor equal; and our weights, perturbed so that they are no longer
+  the release's, exported into that layout give the network our logits (1e-5 of the
+  largest, its float64 against our float32)."""
+  import torch
+
+  import gcp.convert
+  from gcp import checkpoint
+  from references.torch_resnet import randomize_
+  written, count = gcp.convert.export(out_dir, str(tmp_path / "exported.pth"))
+  original = release.state_dict()
+  assert written.name == converted.layout and count == sum(
+      not n.endswith("num_batches_tracked") for n in original)
+  loaded = randomize_(copy.deepcopy(release), seed=99)
+  loaded.load_state_dict(torch.load(tmp_path / "exported.pth", weights_only=True), strict=True)
+  for name, value in loaded.state_dict().items():
+    assert torch.equal(value, original[name]), name
+
+  rng = np.random.default_rng(1)
+  perturbed = jax.tree.map(lambda a: a * rng.uniform(0.8, 1.2, a.shape).astype(a.dtype),
+                           converted.variables)
+  checkpoint.save_variables(str(tmp_path / "ours"), perturbed, converted.spec)
+  gcp.convert.export(str(tmp_path / "ours"), str(tmp_path / "ours.pth"))
+  loaded.load_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True), strict=True)
+  theirs = _release_logits(loaded, images)
+  assert not np.allclose(theirs, _release_logits(release, images))
+  assert max_rel_diff(ours(converted.spec, perturbed, images), theirs) < 1e-5
+
+
+@pytest.fixture(scope="session")
+def release_logits():
+  """`(torch network, NHWC images) -> its float64 logits`."""
+  return _release_logits
+
+
+@pytest.fixture(scope="session")
+def exports_back():
+  """`(release network, Converted, its checkpoint dir, images, tmp_path)`: the checks of
+  `_check_exports_back`."""
+  return _check_exports_back
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ saves them (DataParallel around `features`), converted with the architecture and
 read off the names, and exported back, which the release's network loads strictly.
 Our float32 logits agree to 1e-5 of the largest logit with the port's in float64 (160 px:
 at least 81 positions per covariance, so the iSQRT head is well-conditioned)."""
-import copy
 
 import jax
 import numpy as np
@@ -16,7 +15,6 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch checkpoints need torch (test extra)")
 
 import gcp.convert  # noqa: E402
-from gcp import checkpoint  # noqa: E402
 from gcp.convert import layouts  # noqa: E402
 from gcp.convert.__main__ import evaluation_hint  # noqa: E402
 from gcp.convert.torch_layout import from_torch  # noqa: E402
@@ -84,14 +82,9 @@ def test_inception_file_converts_onto_torchvisions_modules_and_exports_back(tmp_
     assert torch.equal(loaded.state_dict()[name], value), name
 
 
-def release_logits(network):
-  with torch.no_grad():
-    return copy.deepcopy(network).double()(
-        torch.from_numpy(IMAGES.transpose(0, 3, 1, 2).astype(np.float64))).numpy()
-
-
 @pytest.mark.parametrize("case", CASES)
-def test_release_file_converts_and_exports_back(case, our_logits, tmp_path):
+def test_release_file_converts_and_exports_back(case, our_logits, release_logits,
+                                                exports_back, tmp_path):
   want_spec, layout, build = CASES[case]
   release = torch_resnet.randomize_(build(), seed=len(case))
   path = str(tmp_path / "checkpoint.pth.tar")
@@ -105,28 +98,10 @@ def test_release_file_converts_and_exports_back(case, our_logits, tmp_path):
   assert {k: spec.get(k) for k in [*want_spec, "num_classes"]} == {**want_spec,
                                                                     "num_classes": CLASSES}
   assert converted.layout == layout
-  want = release_logits(release)
-  assert max_rel_diff(our_logits(spec, converted.variables, IMAGES), want) < 1e-5
+  assert max_rel_diff(our_logits(spec, converted.variables, IMAGES),
+                      release_logits(release, IMAGES)) < 1e-5
 
-  written, count = gcp.convert.export(out, str(tmp_path / "exported.pth"))
-  original = release.state_dict()
-  assert written.name == layout and count == sum(
-      not n.endswith("num_batches_tracked") for n in original)
-  loaded = torch_resnet.randomize_(copy.deepcopy(release), seed=99)
-  loaded.load_state_dict(torch.load(tmp_path / "exported.pth", weights_only=True), strict=True)
-  for name, value in loaded.state_dict().items():
-    assert torch.equal(value, original[name]), name
-
-  # Ours, perturbed (no longer the release's weights) -> the release's layout -> the port.
-  rng = np.random.default_rng(1)
-  ours = jax.tree.map(lambda a: a * rng.uniform(0.8, 1.2, a.shape).astype(a.dtype),
-                      converted.variables)
-  checkpoint.save_variables(str(tmp_path / "ours"), ours, spec)
-  gcp.convert.export(str(tmp_path / "ours"), str(tmp_path / "ours.pth"))
-  loaded.load_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True), strict=True)
-  theirs = release_logits(loaded)
-  assert not np.allclose(theirs, want)
-  assert max_rel_diff(our_logits(spec, ours, IMAGES), theirs) < 1e-5
+  exports_back(release, converted, out, IMAGES, tmp_path)
 
 
 def num_params(model) -> int:

@@ -5,7 +5,6 @@ which the port loads strictly. Our float32 logits agree to 1e-5 of the largest l
 port's evaluated in float64. (The port's own float32 logits are 3e-6 off those at 224 px,
 3e-5 at 64 px, where 2 x 2 positions leave the covariance ill-conditioned: the iSQRT head
 amplifies float32 rounding ~10x over GAP's 1e-6.)"""
-import copy
 
 import jax
 import numpy as np
@@ -14,7 +13,6 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch checkpoints need torch (test extra)")
 
 import gcp.convert  # noqa: E402
-from gcp import checkpoint  # noqa: E402
 from gcp.convert import ConversionError, layouts  # noqa: E402
 from gcp.convert.__main__ import evaluation_hint  # noqa: E402
 from gcp.convert.torch_layout import infer_model_spec  # noqa: E402
@@ -35,13 +33,6 @@ def releases():
       head, DIM, CLASSES, WIDTH), seed=i) for i, head in enumerate(("isqrt", "gap"))}
 
 
-def release_logits(network):
-  """The network's logits on IMAGES, computed in float64."""
-  with torch.no_grad():
-    return copy.deepcopy(network).double()(
-        torch.from_numpy(IMAGES.transpose(0, 3, 1, 2).astype(np.float64))).numpy()
-
-
 # (head, the layout, how the file is saved: main_shufflenet.py's training checkpoint of the
 # DataParallel-wrapped network, or a bare state_dict as torchvision publishes its GAP one)
 CASES = [("isqrt", "gcp_opt_mobilenet", "model"), ("gap", "torchvision", None)]
@@ -49,7 +40,7 @@ CASES = [("isqrt", "gcp_opt_mobilenet", "model"), ("gap", "torchvision", None)]
 
 @pytest.mark.parametrize("head, layout, wrap", CASES, ids=[c[0] for c in CASES])
 def test_release_file_converts_and_exports_back(head, layout, wrap, releases, our_logits,
-                                                tmp_path):
+                                                release_logits, exports_back, tmp_path):
   release = releases[head]
   path = str(tmp_path / "model_best.pth.tar")
   if wrap:
@@ -65,31 +56,10 @@ def test_release_file_converts_and_exports_back(head, layout, wrap, releases, ou
           spec["reduction_dim"]) == ("shufflenet_v2", head, CLASSES, WIDTH,
                                      DIM if head == "isqrt" else None)
   assert converted.layout == layout and converted.weights == ("state_dict" if wrap else None)
-  want = release_logits(release)
-  assert max_rel_diff(our_logits(spec, converted.variables, IMAGES), want) < 1e-5
+  assert max_rel_diff(our_logits(spec, converted.variables, IMAGES),
+                      release_logits(release, IMAGES)) < 1e-5
 
-  # Back into the layout it came from: the release's network loads it strictly.
-  written, count = gcp.convert.export(out, str(tmp_path / "exported.pth"))
-  original = release.state_dict()
-  assert written.name == layout and count == sum(
-      not n.endswith("num_batches_tracked") for n in original)
-  loaded = torch_resnet.randomize_(copy.deepcopy(release), seed=99)
-  loaded.load_state_dict(torch.load(tmp_path / "exported.pth", weights_only=True), strict=True)
-  for name, value in loaded.state_dict().items():
-    assert torch.equal(value, original[name]), name
-  np.testing.assert_array_equal(release_logits(loaded), want)
-
-  # Ours (perturbed, so no longer the release's weights) -> the release's layout -> equal
-  # logits in the port.
-  rng = np.random.default_rng(1)
-  ours = jax.tree.map(lambda a: a * rng.uniform(0.8, 1.2, a.shape).astype(a.dtype),
-                      converted.variables)
-  checkpoint.save_variables(str(tmp_path / "ours"), ours, spec)
-  gcp.convert.export(str(tmp_path / "ours"), str(tmp_path / "ours.pth"))
-  loaded.load_state_dict(torch.load(tmp_path / "ours.pth", weights_only=True), strict=True)
-  theirs = release_logits(loaded)
-  assert not np.allclose(theirs, want)
-  assert max_rel_diff(our_logits(spec, ours, IMAGES), theirs) < 1e-5
+  exports_back(release, converted, out, IMAGES, tmp_path)
 
 
 def test_parameter_counts_equal_the_release_networks():
