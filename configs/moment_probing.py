@@ -36,6 +36,22 @@ Settings (`--config configs/moment_probing.py:DATASET,METHOD`) and the published
 | dogs,mp_plus | 90.2 |
 | cars,mp | 83.6 |
 | cars,mp_plus | 89.4 |
+| imagenet,linear,swin_b | none published |
+| imagenet,mp,swin_b | none published |
+| imagenet,mp_plus,swin_b | none published |
+| imagenet,linear,convnext_b | none published |
+| imagenet,mp,convnext_b | none published |
+| imagenet,mp_plus,convnext_b | none published |
+
+Swin-B (window 7) and ConvNeXt-B, ImageNet-21k pre-trained, are the release's other
+backbones (models/swin_transformer.py, models/convnext.py); it ships no training script for
+them, so their settings (a third field) run the ViT's ImageNet recipe above with ImageNet
+normalisation (their 21k weights' inputs). What MP reads on them: Swin's class branch is
+the mean of its normalised last-stage tokens, its second-order branch the unnormalised
+tokens but the first (the release passes them to its ViT head, which drops token 0);
+ConvNeXt's class branch is the pooled, LayerNorm'ed final map, its second-order branch the
+final map through a 1x1 projection in interleaved channel groups (`gcp.heads.MPMapHead`).
+MP+ adds PSRP to every Swin / ConvNeXt block as the release does.
 
 Convert the AugReg ImageNet-21k ViT-B/16 file once, then train any method from it (the 21k
 classifier is dropped; the head and PSRP start fresh):
@@ -53,6 +69,10 @@ from configs.imagenet import imagenet_data, parse_setting
 from gcp.config import base_config
 
 NORMALIZE = "normalize('inception')"  # AugReg ViTs take inputs in [-1, 1]
+# The release's other ImageNet-21k backbones -> their inputs' normalisation and timm's
+# RandAugment fill (the model's mean, as for the ViT).
+_IMAGENET = ("normalize('imagenet')", "(124, 116, 104)")
+OTHER_BACKBONES = {"swin_b": _IMAGENET, "convnext_b": _IMAGENET}
 SIMPLE_TRAIN = f"resize((256, 256))|random_crop(224)|flip_lr|{NORMALIZE}"
 SIMPLE_EVAL = f"resize((256, 256))|center_crop(224)|{NORMALIZE}"
 # name -> (data set, train split, eval split)
@@ -74,11 +94,14 @@ METHODS = {
 
 
 def get_config(arg: str | None = None):
-  dataset, method = parse_setting(
+  dataset, method, *arch = parse_setting(
       arg, "imagenet,mp", [f"imagenet,{m}" for m in METHODS] +
-      [f"{d},{m}" for d in FGVC for m in ("mp", "mp_plus")])
+      [f"{d},{m}" for d in FGVC for m in ("mp", "mp_plus")] +
+      [f"imagenet,{m},{a}" for a in OTHER_BACKBONES for m in ("linear", "mp", "mp_plus")])
+  arch = arch[0] if arch else "vit_b16"
+  normalize, fill = OTHER_BACKBONES.get(arch, (NORMALIZE, "(128, 128, 128)"))
   config = base_config()
-  config.model.arch = "vit_b16"
+  config.model.arch = arch
   config.model.head, config.trainable_params = METHODS[method]
   config.model.drop_path = 0.1
   config.init_dont_load = "^params/head/|/psrp/"  # fresh head (and PSRP) on any backbone
@@ -94,11 +117,11 @@ def get_config(arg: str | None = None):
 
   if dataset == "imagenet":
     imagenet_data(config)
-    # timm fills RandAugment's geometric ops with the model's mean: 0.5 * 255 here.
+    # timm fills RandAugment's geometric ops with the model's mean: 0.5 * 255 for the ViT.
     config.data.train_pp = (f"inception_crop(224)|flip_lr|"
-                            f"randaug(2, 9, mstd=0.5, fill=(128, 128, 128))|"
-                            f"{NORMALIZE}|random_erase(0.25)")
-    config.data.eval_pp = f"resize_shorter(256)|center_crop(224)|{NORMALIZE}"
+                            f"randaug(2, 9, mstd=0.5, fill={fill})|"
+                            f"{normalize}|random_erase(0.25)")
+    config.data.eval_pp = f"resize_shorter(256)|center_crop(224)|{normalize}"
     config.data.mixup_alpha, config.data.cutmix_alpha = 0.8, 1.0
     config.num_epochs = 40  # 30 cosine + 10 cooldown
     config.log_every_steps = 500

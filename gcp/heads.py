@@ -18,6 +18,10 @@ the head can express, and with the classifier inside, "train the head" is one su
 whole. The class attribute `psrp` tells the ViT to add the PSRP adapters to its blocks
 (MP+), as `last_stage_stride` tells a ResNet its last stride. `dropcov` names a CNN head
 in `HEADS` and DropCov's transformer head in `TOKEN_HEADS`; the backbone picks the registry.
+Swin (`gcp.models.swin`) takes the token heads too, with its pooled tokens in the class
+token's place. Feature-map heads (`MAP_HEADS`, for `gcp.models.convnext`) have the token
+heads' contract on a final map `[B, H, W, C]`: ConvNeXt has no class token, and its final
+LayerNorm belongs to its head.
 
 float64 (with `jax_enable_x64`) is honoured: a float64 input is computed in float64
 throughout, sublayers included (`ops.compute_dtype`), and gives float64 outputs (for float64
@@ -30,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from gcp import ops
-from gcp.layers import ReductionBlock
+from gcp.layers import ReductionBlock, torch_uniform
 from gcp.ops import dropcov
 
 
@@ -220,6 +224,18 @@ def mp_cross_covariance(groups, mean_removal: str = "scalar"):
   return cov / jnp.maximum(norm, 1e-12)
 
 
+def mp_downsample(cov, kernel_init=nn.linear.default_kernel_init):
+  """Moment Probing's reduction of its cross-covariances `[B, c, c, G - 1]`: conv 3x3/2
+  VALID -> GELU -> conv 3x3/2 VALID (G - 1 channels, no bias; modules `conv_0`, `conv_1` of
+  the calling head) -> `[B, flat]` flattened channel-major (the release's NCHW order, so its
+  `[K, 2883]` classifier weight is our kernel transposed)."""
+  groups = cov.shape[-1]
+  conv = lambda name: nn.Conv(groups, (3, 3), strides=(2, 2), padding="VALID",
+                              use_bias=False, kernel_init=kernel_init, name=name)
+  y = conv("conv_1")(nn.gelu(conv("conv_0")(cov), approximate=False))
+  return jnp.transpose(y, (0, 3, 1, 2)).reshape(cov.shape[0], -1)
+
+
 class MPHead(nn.Module):
   """Moment Probing (ICCV 2023, SPEC §4): first-order class token + second-order patch
   tokens, logits = (Dense(cls) + Dense(flat)) / 2; at least float32 throughout.
@@ -249,12 +265,7 @@ class MPHead(nn.Module):
     b, n, _ = p.shape
     p = p.reshape(b, n, self.num_groups, self.proj_dim // self.num_groups)
     p = nn.LayerNorm(epsilon=1e-5, name="norm")(p)
-    x = mp_cross_covariance(p, self.mean_removal)
-    groups = self.num_groups - 1
-    conv = lambda name: nn.Conv(groups, (3, 3), strides=(2, 2), padding="VALID",
-                                use_bias=False, name=name)
-    x = conv("conv_1")(nn.gelu(conv("conv_0")(x), approximate=False))
-    flat = jnp.transpose(x, (0, 3, 1, 2)).reshape(b, -1)
+    flat = mp_downsample(mp_cross_covariance(p, self.mean_removal))
     dense = lambda name: nn.Dense(self.num_classes, kernel_init=_trunc02, name=name)
     return (dense("fc_cls")(cls) + dense("fc_cov")(flat)) / 2
 
@@ -336,4 +347,104 @@ TOKEN_HEADS: dict[str, type[nn.Module]] = {
     "mp": MPHead,
     "mp_plus": MPPlusHead,
     "dropcov": DropCovTokenHead,
+}
+
+
+# --- Feature-map heads: a ConvNeXt's final map `[B, H, W, C]` -> logits `[B, num_classes]` -
+#
+# The contract of the token heads (the classifier is part of the head, `psrp` switches MP+'s
+# adapters on in the backbone) on a feature map, for `gcp.models.convnext`: ConvNeXt has no
+# class token, and its final LayerNorm belongs to the head (timm's and the Moment Probing
+# release's layout). Initialisation is PyTorch's default, as in that release (its ConvNeXt
+# never calls `_init_weights`).
+
+
+def _torch_dense(features: int, fan_in: int, name: str) -> nn.Dense:
+  init = torch_uniform(fan_in)
+  return nn.Dense(features, kernel_init=init, bias_init=init, name=name)
+
+
+def _pooled_norm(x, name: str):
+  """`[B, H, W, C]` -> `[B, C]`: global average pool -> LayerNorm (eps 1e-6), in at least
+  float32 (timm's ConvNeXt head `global_pool`, `norm`, pool first)."""
+  x = jnp.mean(ops.upcast(x), axis=(1, 2))
+  return nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, name=name)(x)
+
+
+class MapLinearHead(nn.Module):
+  """The release's (timm's) ConvNeXt head with `head_norm_first=False`, used when it does
+  not probe with MP: global average pool -> LayerNorm (eps 1e-6) -> Dense;
+  `[B, H, W, C]` -> `[B, num_classes]` float32. Parameter names: norm, fc (the release's
+  head.norm, head.fc; FB's checkpoint names norm, head)."""
+  num_classes: int
+  psrp: ClassVar[bool] = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    pooled = _pooled_norm(x, "norm")
+    return _torch_dense(self.num_classes, pooled.shape[-1], "fc")(pooled)
+
+
+def map_groups(p, num_groups: int):
+  """The release's channel grouping of a projected map: `[B, H, W, P]` -> `[B, H W, G, P / G]`
+  with group g holding channels g, g + G, g + 2G, ... (interleaved: its
+  `reshape(B, P // G, G, N)`), tokens in row-major (h, w) order."""
+  b, h, w, d = p.shape
+  return jnp.swapaxes(p.reshape(b, h * w, d // num_groups, num_groups), 2, 3)
+
+
+class MPMapHead(nn.Module):
+  """Moment Probing on a feature map: the release's `Moment_Probing_CNN` (cross_type
+  'near'), `[B, H, W, C]` -> `[B, num_classes]`, at least float32 throughout.
+
+  logits = (fc_cls(cls) + fc_cov(flat)) / 2, where
+    cls = LayerNorm(avg-pool(x)) (eps 1e-6): ConvNeXt has no class token, so the first-order
+      branch reads the pooled, normalised final map (the release's `cls_head`, timm's head
+      without its fc);
+    P = conv 1x1 (C -> proj_dim, bias)(x), split into `num_groups` interleaved groups
+      (`map_groups`: the release's, unlike `MPHead`'s contiguous split of tokens), each
+      through one shared LayerNorm (eps 1e-5), mean removal and column-normalised
+      cross-covariances of adjacent groups (`mp_cross_covariance`) -> conv 3x3/2 VALID ->
+      GELU -> conv 3x3/2 VALID (G - 1 channels, no bias) -> flattened channel-major (the
+      release's NCHW order: its `[K, 2883]` weight is our kernel transposed).
+  Parameter names (the release's): cls_norm (head.cls_head.norm), fc_cls (head.cls_head.fc),
+  proj (head.proj), norm (head.ln), conv_0 / conv_1 (head.downblocks.0.0 / .2), fc_cov
+  (head.classifier2). ConvNeXt-B (C 1024), K = 1000: 4,436,266 parameters.
+  """
+  num_classes: int
+  proj_dim: int = 512
+  num_groups: int = 4
+  mean_removal: str = "scalar"
+  psrp: ClassVar[bool] = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    # At least float32; the sublayers (dtype None) follow a float64 input.
+    x = ops.upcast(x)
+    if self.proj_dim % self.num_groups:
+      raise ValueError(f"proj_dim {self.proj_dim} is not divisible into {self.num_groups} "
+                       "groups")
+    c = x.shape[-1]
+    cls = _pooled_norm(x, "cls_norm")
+    init = torch_uniform(c)
+    p = nn.Conv(self.proj_dim, (1, 1), kernel_init=init, bias_init=init, name="proj")(x)
+    p = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name="norm")(
+        map_groups(p, self.num_groups))
+    flat = mp_downsample(mp_cross_covariance(p, self.mean_removal),
+                         torch_uniform(9 * (self.num_groups - 1)))
+    return (_torch_dense(self.num_classes, c, "fc_cls")(cls)
+            + _torch_dense(self.num_classes, flat.shape[-1], "fc_cov")(flat)) / 2
+
+
+class MPPlusMapHead(MPMapHead):
+  """MP+: the MP head, and PSRP adapters inside every ConvNeXt block (`psrp`)."""
+  psrp: ClassVar[bool] = True
+
+
+MAP_HEADS: dict[str, type[nn.Module]] = {
+    "linear": MapLinearHead,
+    "mp": MPMapHead,
+    "mp_plus": MPPlusMapHead,
 }

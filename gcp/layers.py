@@ -13,10 +13,22 @@
 from typing import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-# nn.Conv2d / nn.Linear reset_parameters: Kaiming-uniform with a = sqrt(5).
+# nn.Conv2d / nn.Linear reset_parameters: Kaiming-uniform with a = sqrt(5), i.e.
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for kernels (fan_in read off the shape)...
 _TORCH_DEFAULT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def torch_uniform(fan_in: int) -> Callable:
+  """...and the same for any parameter of a layer with `fan_in` inputs (PyTorch draws its
+  biases so): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1 / fan_in ** 0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                  bound)
+
+
 INITS: dict[str, tuple[Callable, Callable]] = {  # name -> (conv kernel init, dense kernel init)
     "mindspore": (nn.initializers.xavier_uniform(),
                   nn.initializers.truncated_normal(stddev=0.01)),

@@ -75,7 +75,8 @@ RELEASED = [
 ]
 
 
-# Transformers with token heads (SPEC §4): (configuration, arch, head, trained parameters
+# Transformers and the other backbones Moment Probing probes, with heads that hold their
+# classifier (SPEC §4): (configuration, arch, head, trained parameters
 # (`config.trainable_params`), published trained params, published top-1 %, source, further
 # `create_model` options). The papers' counts omit MP's 768 -> 512 projection (393,728
 # parameters). DropCov's DeiTs train from scratch on the release's conv token stem; its
@@ -89,6 +90,14 @@ TRANSFORMERS = [
      "Moment Probing", {}),
     ("ViT-B/16 full fine-tuning", "vit_b16", "linear", "", "86.57M", "83.58",
      "Moment Probing", {}),
+    ("Swin-B linear probe", "swin_b", "linear", "^head/", "", "", "Moment Probing", {}),
+    ("Swin-B MP", "swin_b", "mp", "^head/", "", "", "Moment Probing", {}),
+    ("Swin-B MP+", "swin_b", "mp_plus", "^head/|/psrp/", "", "", "Moment Probing", {}),
+    ("ConvNeXt-B linear probe", "convnext_b", "linear", "^head/", "", "", "Moment Probing",
+     {}),
+    ("ConvNeXt-B MP", "convnext_b", "mp", "^head/", "", "", "Moment Probing", {}),
+    ("ConvNeXt-B MP+", "convnext_b", "mp_plus", "^head/|/psrp/", "", "", "Moment Probing",
+     {}),
     ("DeiT-S", "deit_s16", "linear", "", "22.1M", "79.8", "DropCov", {}),
     ("DeiT-S DropCov", "deit_s16", "dropcov", "", "25.6M", "82.4", "DropCov", _DROPCOV_DEIT),
     ("DeiT-T (240 wide) DropCov", "dropcov_deit_t", "dropcov", "", "", "", "DropCov",

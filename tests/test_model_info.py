@@ -70,7 +70,7 @@ def test_transformer_rows_count_trained_parameters():
   """SPEC §4: MP head 4,047,146; PSRP 442,368 over 12 blocks; the papers' 3.65 M / 4.10 M
   omit the 768 x 512 + 512 projection; ViT-B/16 with a linear head is 86.57 M."""
   rows = {e[0]: model_info.transformer_row(e) for e in model_info.TRANSFORMERS
-          if e[6] == "Moment Probing"}  # DropCov's sizes: tests/convert/test_vit_weights.py
+          if e[1] == "vit_b16"}  # the others' sizes: their model and conversion tests
   projection = 768 * 512 + 512
   assert rows["ViT-B/16 linear probe"]["trained"] == 768 * 1000 + 1000
   assert rows["ViT-B/16 MP"]["trained"] == 4_047_146

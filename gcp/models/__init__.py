@@ -2,8 +2,9 @@
 
 The module is called as `model.apply(variables, images_nhwc, train=...)` and returns
 float32 logits `[B, num_classes]`. Every CNN backbone takes every head of
-`gcp.heads.HEADS` and ends in its classifier `fc`; every ViT (`VIT_ARCHS`) takes every
-head of `gcp.heads.TOKEN_HEADS`, which holds the classifier itself (see `gcp.heads`).
+`gcp.heads.HEADS` and ends in its classifier `fc`; every ViT (`VIT_ARCHS`) and Swin takes
+every head of `gcp.heads.TOKEN_HEADS`, ConvNeXt every head of `gcp.heads.MAP_HEADS`; those
+heads hold the classifier themselves (see `gcp.heads`).
 Video models (`VIDEO_ARCHS`) take clips `[B, T, H, W, C]` (their class attribute
 `input_rank` is 5) and every head of `gcp.models.video.VIDEO_HEADS`.
 """
@@ -13,13 +14,15 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gcp.heads import HEADS, TOKEN_HEADS
+from gcp.heads import HEADS, MAP_HEADS, TOKEN_HEADS
 from gcp.layers import INITS
 from gcp.models import densenet
+from gcp.models.convnext import ConvNeXt
 from gcp.models.inception import InceptionV3
 from gcp.models.mobilenet import MobileNetV2
 from gcp.models.resnet import STAGE_SIZES, VARIANTS, ResNet
 from gcp.models.shufflenet import ShuffleNetV2
+from gcp.models.swin import SwinTransformer
 from gcp.models.vgg import CFGS, VGG, AlexNet
 from gcp.models.video import VIDEO_HEADS, VideoResNet
 from gcp.models.vit import VIT_SIZES, ViT
@@ -48,7 +51,12 @@ _VITS = {name: functools.partial(ViT, patch_size=p, width=w, depth=d, num_heads=
                                   mlp_dim=m)
          for name, (p, w, d, h, m) in VIT_SIZES.items()}
 VIT_ARCHS = tuple(_VITS)
-ARCHS = tuple(_BACKBONES) + VIT_ARCHS
+# Backbones whose head holds the classifier: name -> (constructor, head registry). Swin-B
+# (patch 4, window 7) and ConvNeXt-B are the fields' defaults; Moment Probing probes them.
+_HEAD_CLASSIFIER = {**{name: (vit, TOKEN_HEADS) for name, vit in _VITS.items()},
+                    "swin_b": (SwinTransformer, TOKEN_HEADS),
+                    "convnext_b": (ConvNeXt, MAP_HEADS)}
+ARCHS = tuple(_BACKBONES) + tuple(_HEAD_CLASSIFIER)
 # GCP_Optimization's MobileNetV2_MPNCOV and ShuffleNetV2_MPNCOV end their reduction in ReLU6.
 _RELU6_REDUCTION = ("mobilenet_v2", "shufflenet_v2")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -71,7 +79,9 @@ def _check(kind: str, value, valid) -> None:
 
 def _heads(arch: str) -> dict[str, type[nn.Module]]:
   """The head registry an architecture takes."""
-  return TOKEN_HEADS if arch in _VITS else VIDEO_HEADS if arch in _VIDEO else HEADS
+  if arch in _HEAD_CLASSIFIER:
+    return _HEAD_CLASSIFIER[arch][1]
+  return VIDEO_HEADS if arch in _VIDEO else HEADS
 
 
 def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int | None = None,
@@ -84,11 +94,12 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
       'densenet121' ... 'densenet201', 'inception_v3', 'mobilenet_v2', 'shufflenet_v2'),
       a ViT of `VIT_ARCHS` ('vit_s16', 'vit_b16',
       'deit_t16', 'deit_s16', 'deit_b16', the DropCov release's 'dropcov_deit_t' and
-      'dropcov_t2t_vit_14', 'vit_test') or a video model of `VIDEO_ARCHS`
-      ('tsn_resnet50', 'tsn_resnet101', 'tsn_resnet152').
+      'dropcov_t2t_vit_14', 'vit_test'), 'swin_b', 'convnext_b' or a video model of
+      `VIDEO_ARCHS` ('tsn_resnet50', 'tsn_resnet101', 'tsn_resnet152').
     head: one of `gcp.heads.HEADS` for CNNs, of `gcp.heads.TOKEN_HEADS` ('linear', 'mp',
-      'mp_plus', 'dropcov') for ViTs, of `gcp.models.video.VIDEO_HEADS` ('gap', 'cstp', 'tcp') for
-      video models.
+      'mp_plus', 'dropcov') for ViTs and Swin, of `gcp.heads.MAP_HEADS` ('linear', 'mp',
+      'mp_plus') for ConvNeXt, of `gcp.models.video.VIDEO_HEADS` ('gap', 'cstp', 'tcp')
+      for video models.
     num_classes: classifier outputs.
     reduction_dim: channels of the head's 1x1 reduction block (None or 0: none); used by
       the second-order heads (the tcp head's last reduction; None: TCPNet's 128).
@@ -105,11 +116,15 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
       `snippet_frames`, `dropout`, tcp head `inner_dim`, `num_iters` (TCPNet: 3),
       `isqrt_method`; ViT `stem` ('patch' | 'conv': the DropCov release's DeiT-S, its
       token stem, no qkv bias and LayerNorm eps 1e-5), `drop_path`, `psrp_rank`,
-      `approximate_gelu`; token-head `proj_dim`, `num_groups`, `mean_removal` (mp) and
-      `cov_heads`, `cov_head_dim`, `token_drop`, `cov_drop` (dropcov). An option that
+      `approximate_gelu`; Swin `embed_dim`, `depths`, `num_heads`, `window_size`,
+      `mlp_ratio`, `drop_path`, `psrp_rank`; ConvNeXt `depths`, `dims`, `drop_path`,
+      `psrp_rank`, `unbiased_downsample_norm`; token- and map-head `proj_dim`,
+      `num_groups`, `mean_removal` (mp) and `cov_heads`, `cov_head_dim`, `token_drop`,
+      `cov_drop` (dropcov). An option that
       only other backbones or heads take is ignored, so one config serves every
-      combination; a name none of them knows is an error. ViTs ignore
-      `reduction_dim` and `init_scheme` (they initialise as big_vision).
+      combination; a name none of them knows is an error. ViTs, Swin
+      and ConvNeXt ignore `reduction_dim` and `init_scheme` (ViTs initialise as
+      big_vision, Swin and ConvNeXt as the Moment Probing release).
   """
   _check("arch", arch, ARCHS)
   _check("head", head, tuple(_heads(arch)))
@@ -120,13 +135,16 @@ def create_model(arch: str, *, head: str, num_classes: int, reduction_dim: int |
                       *(_fields(h) for h in HEADS.values()),
                       *(_fields(h) for h in VIDEO_HEADS.values()),
                       *(_fields(b) - _VIT_SHAPE for b in _VITS.values()),
-                      *(_fields(h) for h in TOKEN_HEADS.values()))
+                      *(_fields(b) for b in (SwinTransformer, ConvNeXt)),
+                      *(_fields(h) for h in {**TOKEN_HEADS, **MAP_HEADS}.values()))
   unknown = sorted(set(options) - known)
   if unknown:
     raise ValueError(f"unknown model option(s) {unknown}; valid options: {sorted(known)}")
-  if arch in _VITS:
-    head_cls, backbone = TOKEN_HEADS[head], _VITS[arch]
-    head_fields, backbone_fields = _fields(head_cls), _fields(backbone) - _VIT_SHAPE
+  if arch in _HEAD_CLASSIFIER:
+    backbone, registry = _HEAD_CLASSIFIER[arch]
+    head_cls = registry[head]
+    head_fields = _fields(head_cls)
+    backbone_fields = _fields(backbone) - (_VIT_SHAPE if arch in _VITS else set())
     return backbone(
         head=head_cls(num_classes=num_classes,
                       **{k: v for k, v in options.items() if k in head_fields}),

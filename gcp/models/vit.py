@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gcp.layers import batch_norm, max_pool_3x3_s2, pool
+from gcp.layers import batch_norm, max_pool_3x3_s2, pool, torch_uniform
 
 # arch -> (patch, width, depth, heads, mlp_dim). DeiT-S has ViT-S's shape, DeiT-B ViT-B's.
 # The DropCov release trains its DeiTs with the conv token stem (`stem='conv'`, which has no
@@ -111,18 +111,11 @@ def sinusoid_posemb(num_tokens: int, width: int) -> np.ndarray:
   return table[None].astype(np.float32)
 
 
-def _torch_default_init(fan_in: int):
-  """PyTorch's default conv / linear init (weight and bias): U(-1/sqrt(fan_in), ...)."""
-  bound = 1 / np.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype,
-                                                                 -bound, bound)
-
-
 def _torch_conv(features: int, kernel: int, fan_in: int, dtype, name: str,
                 bias: bool = False) -> nn.Conv:
   """A stride-1 conv padded as PyTorch's `padding=kernel // 2`, with PyTorch's default
   initialisation (the release re-initialises only Linear and LayerNorm layers)."""
-  init = _torch_default_init(fan_in)
+  init = torch_uniform(fan_in)
   return nn.Conv(features, (kernel, kernel), padding=((kernel // 2, kernel // 2),) * 2,
                  use_bias=bias, dtype=dtype, kernel_init=init, bias_init=init, name=name)
 
