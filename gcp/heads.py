@@ -236,7 +236,23 @@ def mp_downsample(cov, kernel_init=nn.linear.default_kernel_init):
   return jnp.transpose(y, (0, 3, 1, 2)).reshape(cov.shape[0], -1)
 
 
-class MPHead(nn.Module):
+class _MomentProbingHead(nn.Module):
+  """The fields of the Moment Probing heads: classes, the projection's width and its
+  channel groups, the mean removal (`mp_cross_covariance`); `psrp` switches MP+'s adapters
+  on in the backbone."""
+  num_classes: int
+  proj_dim: int = 512
+  num_groups: int = 4
+  mean_removal: str = "scalar"
+  psrp: ClassVar[bool] = False
+
+  def check_groups(self) -> None:
+    if self.proj_dim % self.num_groups:
+      raise ValueError(f"proj_dim {self.proj_dim} is not divisible into {self.num_groups} "
+                       "groups")
+
+
+class MPHead(_MomentProbingHead):
   """Moment Probing (ICCV 2023, SPEC §4): first-order class token + second-order patch
   tokens, logits = (Dense(cls) + Dense(flat)) / 2; at least float32 throughout.
 
@@ -246,11 +262,6 @@ class MPHead(nn.Module):
   bias) -> flattened channel-major (the release's NCHW order, so its `[K, 2883]` weight
   is our kernel transposed). Parameter names: proj, norm, conv_0, conv_1, fc_cls, fc_cov.
   """
-  num_classes: int
-  proj_dim: int = 512
-  num_groups: int = 4
-  mean_removal: str = "scalar"
-  psrp: ClassVar[bool] = False
 
   @nn.compact
   def __call__(self, tokens, train: bool = False):
@@ -258,9 +269,7 @@ class MPHead(nn.Module):
     # At least float32; the sublayers (dtype None) follow a float64 input.
     tokens = ops.upcast(tokens)
     cls, patches = tokens[:, 0], tokens[:, 1:]
-    if self.proj_dim % self.num_groups:
-      raise ValueError(f"proj_dim {self.proj_dim} is not divisible into {self.num_groups} "
-                       "groups")
+    self.check_groups()
     p = nn.Dense(self.proj_dim, kernel_init=_trunc02, name="proj")(patches)
     b, n, _ = p.shape
     p = p.reshape(b, n, self.num_groups, self.proj_dim // self.num_groups)
@@ -394,7 +403,7 @@ def map_groups(p, num_groups: int):
   return jnp.swapaxes(p.reshape(b, h * w, d // num_groups, num_groups), 2, 3)
 
 
-class MPMapHead(nn.Module):
+class MPMapHead(_MomentProbingHead):
   """Moment Probing on a feature map: the release's `Moment_Probing_CNN` (cross_type
   'near'), `[B, H, W, C]` -> `[B, num_classes]`, at least float32 throughout.
 
@@ -412,20 +421,13 @@ class MPMapHead(nn.Module):
   proj (head.proj), norm (head.ln), conv_0 / conv_1 (head.downblocks.0.0 / .2), fc_cov
   (head.classifier2). ConvNeXt-B (C 1024), K = 1000: 4,436,266 parameters.
   """
-  num_classes: int
-  proj_dim: int = 512
-  num_groups: int = 4
-  mean_removal: str = "scalar"
-  psrp: ClassVar[bool] = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
     # At least float32; the sublayers (dtype None) follow a float64 input.
     x = ops.upcast(x)
-    if self.proj_dim % self.num_groups:
-      raise ValueError(f"proj_dim {self.proj_dim} is not divisible into {self.num_groups} "
-                       "groups")
+    self.check_groups()
     c = x.shape[-1]
     cls = _pooled_norm(x, "cls_norm")
     init = torch_uniform(c)
