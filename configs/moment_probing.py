@@ -51,7 +51,12 @@ the mean of its normalised last-stage tokens, its second-order branch the unnorm
 tokens but the first (the release passes them to its ViT head, which drops token 0);
 ConvNeXt's class branch is the pooled, LayerNorm'ed final map, its second-order branch the
 final map through a 1x1 projection in interleaved channel groups (`gcp.heads.MPMapHead`).
-MP+ adds PSRP to every Swin / ConvNeXt block as the release does.
+MP+ adds PSRP to every Swin / ConvNeXt block as the release does. Their ImageNet-21k
+weights are Microsoft's swin_base_patch4_window7_224_22k.pth and FB's
+convnext_base_22k_224.pth, converted the same way:
+
+  python -m gcp.convert swin_base_patch4_window7_224_22k.pth converted/swin_b_in21k \\
+      --head mp --option num_classes=1000
 
 Convert the AugReg ImageNet-21k ViT-B/16 file once, then train any method from it (the 21k
 classifier is dropped; the head and PSRP start fresh):

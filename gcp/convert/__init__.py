@@ -1,7 +1,8 @@
-"""Checkpoint conversion: the authors' MindSpore `.ckpt` and PyTorch `.pth` files, and ViT
+"""Checkpoint conversion: the authors' MindSpore `.ckpt` and PyTorch `.pth` files, ViT
 weights (big_vision / AugReg `.npz`, timm state_dicts in `.pth` / `.bin`, see
-`gcp.convert.vit`), into our checkpoints, and ours back into any release's layout; CLI
-`python -m gcp.convert`.
+`gcp.convert.vit`) and Swin / ConvNeXt ones (the Moment Probing release's, Microsoft's and
+FB's, see `gcp.convert.hierarchical`), into our checkpoints, and ours back into any
+release's layout; CLI `python -m gcp.convert`.
 
 CNN files are read into torchvision-style names (`gcp.convert.torch_layout`) through their
 release's layout (`gcp.convert.layouts`, told apart by the names), the architecture is read
@@ -18,13 +19,14 @@ import json
 import os
 from typing import Any, NamedTuple
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gcp import checkpoint
 from gcp.config import base_config
-from gcp.convert import layouts, mindspore, pytorch, vit
+from gcp.convert import hierarchical, layouts, mindspore, pytorch, vit
 from gcp.convert.layouts import LAYOUTS, Layout
 from gcp.convert.torch_layout import ConversionError, from_torch, infer_model_spec
 from gcp.data.imagenet import class_names as imagenet_class_names
@@ -118,7 +120,7 @@ def convert(path: str, *, format: str | None = None, arch: str | None = None,
       releases evaluate) or 'state_dict'.
     **options: further `create_model` arguments (e.g. `num_iters`, `width_mult`); for
       ViTs also `image_size` (resample the position embedding) and `seed` (for a fresh
-      head), see `_convert_vit`.
+      head), see `_convert_tables`.
 
   MindSpore checkpoints become the `variant='mindspore'` ResNet (TF SAME padding, their
   BatchNorm eps), so the logits equal the original network's.
@@ -135,12 +137,12 @@ def _convert(path: str, *, format: str | None, arch: str | None, head: str | Non
   format, tensors = source.format, source.tensors
   layout = vit.detect_layout(format, tensors)
   if layout:
-    spec, variables = _convert_vit(path, layout, tensors, arch=arch, head=head, **options)
+    spec, variables = _convert_tables(path, layout, tensors, arch=arch, head=head, **options)
     return Converted(spec, variables, format, layout, source.weights)
-  if arch in VIT_ARCHS:
-    raise ConversionError(f"{path} holds no ViT in a layout the converter knows "
-                          f"({', '.join(vit.NAME_TABLES)}): a ViT's names are read off the file, "
-                          "so --arch cannot stand in for them")
+  if arch in VIT_ARCHS or arch in hierarchical.ARCHS.values():
+    raise ConversionError(f"{path} holds no ViT, Swin or ConvNeXt in a layout the converter "
+                          f"knows ({', '.join(vit.NAME_TABLES)}): their names are read off the "
+                          "file, so --arch cannot stand in for them")
   if (format == "mindspore" and not keep_extra_class and "fc.weight" in tensors
       and tensors["fc.weight"].shape[0] == _MINDSPORE_EXTRA_CLASS):
     _drop_extra_class(tensors)
@@ -163,32 +165,47 @@ def _convert(path: str, *, format: str | None, arch: str | None, head: str | Non
   return Converted(spec, variables, format, layout, source.weights)
 
 
-def _convert_vit(path: str, layout: str, tensors: dict[str, np.ndarray], *,
-                 arch: str | None, head: str | None, image_size: int | None = None,
-                 num_classes: int | None = None, seed: int = 0,
-                 **options) -> tuple[dict[str, Any], dict]:
-  """A ViT file in a `gcp.convert.vit.NAME_TABLES` layout -> (spec, variables). The file's
+# The `create_model` arguments a token / map head file tells about its head (the others
+# describe the backbone).
+_HEAD_KEYS = ("head", "num_classes", "proj_dim", "num_groups", "psrp_rank", "cov_heads",
+              "cov_head_dim")
+
+
+def _convert_tables(path: str, layout: str, tensors: dict[str, np.ndarray], *,
+                    arch: str | None, head: str | None, image_size: int | None = None,
+                    num_classes: int | None = None, seed: int = 0,
+                    **options) -> tuple[dict[str, Any], dict]:
+  """A ViT, Swin or ConvNeXt file in a name-table layout (`gcp.convert.vit.NAME_TABLES`,
+  those of `gcp.convert.hierarchical` among them) -> (spec, variables). The file's
   classifier loads when the model's head is the one the file holds (same head, classes and
   sizes); otherwise the head (and MP+'s PSRP adapters, when the file has none) are
-  initialised afresh from `seed`. `image_size`: resample the position embedding for this
-  resolution (default: the file's)."""
-  inferred = vit.infer_spec(vit.to_ours(tensors, layout))
+  initialised afresh from `seed`, and a ConvNeXt becomes the Moment Probing release's
+  network (its unbiased downsample norms) unless `unbiased_downsample_norm` is given.
+  `image_size`: the resolution to build for (a ViT's position embedding is resampled;
+  default: the file's)."""
+  if layout in hierarchical.NAME_TABLES:
+    tables, inferred = hierarchical, hierarchical.infer_spec(tensors, layout)
+  else:
+    tables, inferred = vit, vit.infer_spec(vit.to_ours(tensors, layout))
   file_size = inferred.pop("image_size")
-  file_head = {k: v for k, v in inferred.items() if k not in ("arch", "stem")}
+  file_head = {k: v for k, v in inferred.items() if k in _HEAD_KEYS}
   spec = {"dtype": "float32", "head": "linear", **inferred, **options}
   spec.update({k: v for k, v in (("arch", arch), ("head", head),
                                  ("num_classes", num_classes)) if v})
   if not spec.get("num_classes"):
     raise ConversionError(f"{path} has no classifier: pass num_classes (and a head)")
+  load_head = bool(file_head) and all(spec.get(k) == v for k, v in file_head.items())
+  if not load_head and "unbiased_downsample_norm" not in options:
+    spec.pop("unbiased_downsample_norm", None)
   model = create_model(**spec)
   size = image_size or file_size
   init = lambda: model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
   target = jax.eval_shape(init)
-  load_head = bool(file_head) and all(spec.get(k) == v for k, v in file_head.items())
-  loaded = vit.import_variables(tensors, target, layout, load_head=load_head, source=path)
-  if jax.tree.structure(loaded) != jax.tree.structure(target):
-    loaded, _ = checkpoint.merge_pretrained(jax.device_get(init()), loaded,
-                                            dont_load="^params/head/|/psrp/")
+  loaded = tables.import_variables(tensors, target, layout, load_head=load_head, source=path)
+  if jax.tree.structure(loaded) != jax.tree.structure(target):  # fill what was left out
+    have = flax.traverse_util.flatten_dict(loaded)
+    fresh = flax.traverse_util.flatten_dict(jax.device_get(jax.jit(init)()))
+    loaded = flax.traverse_util.unflatten_dict({k: have.get(k, v) for k, v in fresh.items()})
   return spec, loaded
 
 

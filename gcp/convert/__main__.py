@@ -54,6 +54,8 @@ _RECIPES = (
     ("configs/finegrained.py:aircraft,{arch}", _FINEGRAINED, ("isqrt",), 256, 100),
     ("configs/moment_probing.py:imagenet,{head}", ("vit_b16",), ("linear", "mp", "mp_plus"),
      None, 1000),
+    ("configs/moment_probing.py:imagenet,{head},{arch}", ("swin_b", "convnext_b"),
+     ("linear", "mp", "mp_plus"), None, 1000),
     ("configs/deit_dropcov.py:{arch},{head}", ("deit_s16",), ("linear", "dropcov"), None,
      1000),
     ("configs/deit_dropcov.py:{arch},dropcov", ("dropcov_deit_t", "deit_b16",

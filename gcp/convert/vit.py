@@ -20,7 +20,8 @@ networks that hold them; `detect_layout` tells them from a file's names):
                   `visual_tokens.tokens.{stem.0, stage.{k}..., transition}`, `cls_token`,
                   `pos_embed` (its fixed sinusoidal table), timm's block names (qkv without
                   bias), `norm`, `classifier.{representation.wr, cls_fc, visual_fc}`.
-Dense weights are `[out, in]` and convs OIHW in the PyTorch layouts.
+Dense weights are `[out, in]` and convs OIHW in the PyTorch layouts. `gcp.convert.hierarchical`
+adds the Swin and ConvNeXt layouts to `NAME_TABLES` with these rules.
 
 A layout is a list of `Rule`s, each pairing a template of our variable paths
 ("params/Transformer/encoderblock_{i}/LayerNorm_0/scale") with one of the release's names
@@ -80,12 +81,14 @@ class Rule:
   Templates take `{field}`s: digits (block, layer indices) shared by both sides, `{path}`
   (anything; the AugReg identity), and `{part}` on our side only: our `parts` variables
   fused into one release tensor, concatenated along its first axis in this order (timm's
-  qkv).
+  qkv). `only_with`: one of our variable paths the model must have for the rule to apply
+  (where two heads name one of our paths differently, e.g. ConvNeXt's `head/norm`).
   """
   ours: str
   theirs: str
   codec: str = "same"
   parts: tuple[str, ...] = ()
+  only_with: str = ""
 
 
 @functools.lru_cache(maxsize=None)
@@ -202,11 +205,12 @@ def _flatten(variables) -> dict[str, Any]:
 
 def _links(layout: str, paths) -> dict[str, tuple[Rule, list[str]]]:
   """Our variable paths -> `{release name: (rule, our paths in fused order)}`."""
-  groups, unmapped = {}, []
+  paths = list(paths)
+  groups, unmapped, present = {}, [], set(paths)
   for path in paths:
     for rule in _layout(layout).rules:
       match = _pattern(rule.ours, rule.parts).fullmatch(path)
-      if match:
+      if match and (not rule.only_with or rule.only_with in present):
         fields = match.groupdict()
         part = fields.pop("part", None)
         groups.setdefault(rule.theirs.format(**fields), (rule, {}))[1][part] = path
@@ -224,8 +228,10 @@ def _links(layout: str, paths) -> dict[str, tuple[Rule, list[str]]]:
 
 
 def _maps_all(layout: str, paths) -> bool:
-  rules = _layout(layout).rules
-  return all(any(_pattern(r.ours, r.parts).fullmatch(p) for r in rules) for p in paths)
+  rules, present = _layout(layout).rules, set(paths)
+  return all(any(_pattern(r.ours, r.parts).fullmatch(p)
+                 and (not r.only_with or r.only_with in present) for r in rules)
+             for p in present)
 
 
 def _tables(layout: str, flat: dict) -> dict[str, np.ndarray]:

@@ -30,11 +30,13 @@ def theirs(model, images=IMAGES) -> np.ndarray:
 
 
 def _release_logits(network, images) -> np.ndarray:
-  """A PyTorch network's logits on NHWC `images`, computed in float64 (on a copy)."""
+  """A PyTorch network's logits on NHWC `images`, computed in float64 (on a copy), fed a
+  contiguous NCHW batch as the releases' data loaders give it (the Moment Probing
+  release's ConvNeXt normalises a strided input differently: gcp.models.convnext)."""
   import torch
+  batch = np.ascontiguousarray(images.transpose(0, 3, 1, 2), np.float64)
   with torch.no_grad():
-    return copy.deepcopy(network).double()(
-        torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float64))).numpy()
+    return copy.deepcopy(network).double()(torch.from_numpy(batch)).numpy()
 
 
 def _check_exports_back(release, converted, out_dir: str, images, tmp_path) -> None:
