@@ -21,7 +21,8 @@ of `gcp.convert.torch_layout`:
   fastmpn_resnet_finetune  the same wrapper fine-tuning an mpncovresnet (--pretrained):
                            the reduction block is `features.{8,9}`.
   fastmpn_vgg              fast-MPN-COV's Basemodel around a VGG or AlexNet (and its
-                           mpncovvgg16_bn): torchvision's names with the reduction block in
+                           mpncovvgg16_bn) with MPNCOV, GAvP or BCNN (every fastmpn_ layout
+                           holds those three): torchvision's names with the reduction block in
                            `representation.conv_dr_block.{0,1}`; `classifier` alone when it
                            fine-tunes (one Linear layer, our `hidden=0`; fine-tuned
                            mpncovvgg16_bn keeps its reduction block).
@@ -216,6 +217,19 @@ def _requires(spec: dict, *, archs, heads, reduction: bool | None = None,
           f"({', '.join(details)})")
 
 
+def _basemodel(archs, what: str) -> Callable[[dict], str]:
+  """`fits` of fast-MPN-COV's Basemodel around `archs` with its representations: MPNCOV
+  (the isqrt head, 5 iterations, with or without the reduction block), GAvP (gap) and BCNN
+  (the bcnn head, which computes the release's BCNN: no reduction block, no parameters)."""
+  def fits(spec: dict) -> str:
+    if spec["head"] == "bcnn":
+      return _requires(spec, archs=archs, heads=("bcnn",), reduction=False,
+                       what=f"{what} with BCNN (no reduction block)")
+    return _requires(spec, archs=archs, heads=("isqrt", "gap"),
+                     what=f"{what} with GAP or iSQRT-COV (5 iterations)")
+  return fits
+
+
 def _pytorch(name: str, description: str, fits, *pairs: tuple[str, str],
              signature: tuple[str, ...] = ()) -> Layout:
   renames = Renames(*pairs)
@@ -247,22 +261,19 @@ _pytorch("mpncovresnet", "fast-MPN-COV's MPNCOVResNet, GCP_Optimization's ResNet
          lambda s: _requires(s, archs=RESNETS, heads=("isqrt", "dropcov"), reduction=True,
                              what=f"a ResNet {_REDUCED_ISQRT} (or DropCov's)"))
 _pytorch("fastmpn_vgg", "fast-MPN-COV's Basemodel around a VGG (vgg11 ... vgg19_bn; "
-         "mpncovvgg16_bn) or AlexNet with MPNCOV or GAvP",
-         lambda s: _requires(s, archs=VGGS, heads=("isqrt", "gap"),
-                             what="a VGG or AlexNet with GAP or iSQRT-COV (5 iterations)"),
+         "mpncovvgg16_bn) or AlexNet with MPNCOV, GAvP or BCNN",
+         _basemodel(VGGS, "a VGG or AlexNet"),
          *_CONV_DR_BLOCK,
          # conv biases tell a VGG's or AlexNet's features.0 from a Basemodel ResNet's
          signature=("features.0.bias", "representation.conv_dr_block.0.weight"))
 _pytorch("fastmpn_densenet", "fast-MPN-COV's Basemodel around a DenseNet (densenet121 ... "
-         "densenet201) with MPNCOV or GAvP",
-         lambda s: _requires(s, archs=DENSENETS, heads=("isqrt", "gap"),
-                             what="a DenseNet with GAP or iSQRT-COV (5 iterations)"),
+         "densenet201) with MPNCOV, GAvP or BCNN",
+         _basemodel(DENSENETS, "a DenseNet"),
          *_CONV_DR_BLOCK,
          signature=("features.conv0.weight", "representation.conv_dr_block.0.weight"))
 _pytorch("fastmpn_inception", "fast-MPN-COV's Basemodel around Inception-v3 (features.0 ... "
-         "features.17, no AuxLogits) with MPNCOV or GAvP",
-         lambda s: _requires(s, archs=("inception_v3",), heads=("isqrt", "gap"),
-                             what="an Inception-v3 with GAP or iSQRT-COV (5 iterations)"),
+         "features.17, no AuxLogits) with MPNCOV, GAvP or BCNN",
+         _basemodel(("inception_v3",), "an Inception-v3"),
          *((module, f"features.{i}") for i, module in enumerate(INCEPTION_FEATURES) if module),
          ("fc", "classifier"), *_CONV_DR_BLOCK,
          signature=("features.0.conv.weight",))
@@ -282,9 +293,8 @@ register(Layout(
                         what=f"a variant='mindspore' ResNet {_REDUCED_ISQRT} (or DropCov's)"),
     lambda variables, spec: mindspore.release_names(to_torch(variables))))
 _pytorch("fastmpn_resnet", "fast-MPN-COV's Basemodel around an mpncovresnet (MPNCOV) or a "
-         "torchvision ResNet (GAvP) trained from scratch (main.py without --pretrained)",
-         lambda s: _requires(s, archs=RESNETS, heads=("isqrt", "gap"),
-                             what="a ResNet with GAP or iSQRT-COV (5 iterations)"),
+         "torchvision ResNet (GAvP, BCNN) trained from scratch (main.py without --pretrained)",
+         _basemodel(RESNETS, "a ResNet"),
          *_BASEMODEL_RESNET, *_CONV_DR_BLOCK,
          signature=("features.4.0.conv1.weight",))
 _pytorch("fastmpn_resnet_finetune", "fast-MPN-COV's Basemodel fine-tuning an mpncovresnet "

@@ -255,7 +255,7 @@ def infer_model_spec(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
   reduction_dim and the size options (VGG, AlexNet: also `hidden`; DenseNet: the sizes
   that are not its arch's). The head is a guess where weights cannot tell: 'dropcov' with
   an ECA conv, 'isqrt' for any other second-order classifier (cov, eig and isqrt heads
-  have the same parameters), else 'gap'."""
+  have the same parameters), 'bcnn' for C x C features, else 'gap'."""
   spec: dict[str, Any] = {}
   if "layer1.0.conv1.weight" in tensors:
     block = "bottleneck" if "layer1.0.conv3.weight" in tensors else "basic"
@@ -314,6 +314,8 @@ def infer_model_spec(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
     spec["head"] = "dropcov"
   elif reduce is not None or features_in == dim * (dim + 1) // 2:
     spec["head"] = "isqrt"
+  elif features_in == dim * dim:  # fast-MPN-COV's BCNN: the full C x C matrix
+    spec["head"] = "bcnn"
   else:
     spec["head"] = "gap"
   spec["num_classes"] = int(tensors[classifier].shape[0])

@@ -45,6 +45,9 @@ CASES = {
     "vgg19_bn GAvP": (
         dict(arch="vgg19_bn", head="gap", reduction_dim=None, hidden=32, width=8),
         "fastmpn_vgg", lambda: torch_vgg.Network("vgg19_bn", "gap", None, 32, CLASSES, width=8)),
+    "vgg11_bn BCNN": (
+        dict(arch="vgg11_bn", head="bcnn", reduction_dim=None, hidden=32, width=8),
+        "fastmpn_vgg", lambda: torch_vgg.Network("vgg11_bn", "bcnn", None, 32, CLASSES, width=8)),
     "alexnet from scratch": (
         dict(arch="alexnet", head="isqrt", reduction_dim=16, hidden=32), "fastmpn_vgg",
         lambda: torch_vgg.Network("alexnet", "isqrt", 16, 32, CLASSES)),

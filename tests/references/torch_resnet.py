@@ -167,6 +167,18 @@ class MPNCOV(nn.Module):
     return torch_release.meta_layer(x.flatten(2), 5)
 
 
+class BCNN(nn.Module):
+  """fast-MPN-COV's BCNN representation (src/representation/BCNN.py, is_vec): X X^T / (h w)
+  without centring, sign(z) sqrt(|z| + 1e-8), flattened to C x C, L2-normalised."""
+
+  def forward(self, x):
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h * w)
+    x = x.bmm(x.transpose(1, 2)) / (h * w)
+    x = torch.sign(x) * torch.sqrt(x.abs() + 1e-8)
+    return F.normalize(x.reshape(b, -1))
+
+
 class Basemodel(nn.Module):
   """fast-MPN-COV's Basemodel / Newmodel forward (src/network/base.py, model_init.py):
   features -> representation -> view(B, -1) -> classifier, the three parts the release
@@ -184,10 +196,12 @@ class Basemodel(nn.Module):
 
 def representation(port: nn.Module, channels: int) -> nn.Module:
   """The Basemodel's representation of a port with head 'gap' (GAvP: adaptive average
-  pooling) or 'isqrt' (MPNCOV on `channels`, its `conv_dr_block` holding the port's
+  pooling), 'bcnn' (`BCNN`) or 'isqrt' (MPNCOV on `channels`, its `conv_dr_block` holding the port's
   `layer_reduce` and `layer_reduce_bn` if it has them)."""
   if port.head == "gap":
     return nn.AdaptiveAvgPool2d((1, 1))
+  if port.head == "bcnn":
+    return BCNN()
   reduce = getattr(port, "layer_reduce", None)
   mpncov = MPNCOV(channels, reduce and reduce.out_channels)
   if reduce is not None:

@@ -5,7 +5,8 @@ release's code with its module names, so that state_dict keys are the release's:
   features        the backbone's features Sequential without its last max-pool (VGG:
                   conv, [BN,] ReLU per conv and a slot per 2x2 max-pool; AlexNet: conv,
                   ReLU and 3x3/2 max-pools);
-  representation  'gap': GAvP (no parameters); 'isqrt': MPNCOV (`torch_resnet.MPNCOV`,
+  representation  'gap': GAvP, 'bcnn': BCNN (`torch_resnet.BCNN`; no parameters);
+                  'isqrt': MPNCOV (`torch_resnet.MPNCOV`,
                   iSQRT with 5 iterations), with `conv_dr_block.{0,1}` when trained from
                   scratch (`dim`), without when fine-tuned (--pretrained, `dim=None`);
   classifier      from scratch: the backbone's FC classifier with its first Linear sized to
@@ -71,6 +72,8 @@ class Network(torch_resnet.Basemodel):
       channels = 512 * width // 64
     if head == "gap":
       representation, out = nn.AdaptiveAvgPool2d((1, 1)), channels
+    elif head == "bcnn":
+      representation, out = torch_resnet.BCNN(), channels * channels
     else:
       representation = torch_resnet.MPNCOV(channels, dim)
       out = (dim or channels) * ((dim or channels) + 1) // 2
