@@ -27,16 +27,29 @@ told apart by their names):
                            `norm`, `head`. FB's network has the biased downsample LayerNorms
                            (`unbiased_downsample_norm=False`) and only the linear head, whose
                            final LayerNorm is FB's `norm`.
-timm >= 0.9 renames both networks (Swin: `layers.{i+1}.downsample`, `head.fc`; ConvNeXt:
-`stem.{0,1}`, `stages.{i}.downsample.{0,1}`); such files are not read here.
+  timm_swin                timm >= 0.9's SwinTransformer (`SwinTransformerStage`; the hub's
+                           `swin_base_patch4_window7_224.ms_in22k` ..., a flat state_dict): the
+                           release's names, but stage i's patch merging opens stage i + 1
+                           (`layers.{i+1}.downsample.{norm, reduction}`), the linear head is
+                           `head.fc`, and the buffers are non-persistent (not in the files).
+                           The reduction's input channels keep the release's order (timm's
+                           `reshape(B, H/2, 2, W/2, 2, C).permute(0, 1, 3, 4, 2, 5)` is its
+                           `cat([x0, x1, x2, x3])`; `checkpoint_filter_fn` only renames).
+  timm_convnext            timm >= 0.9's ConvNeXt (`convnext_base.fb_in22k` ...): `stem.{0, 1}`
+                           (conv, LayerNorm2d), `stages.{i}.downsample.{0, 1}` (LayerNorm2d,
+                           conv 2x2), the release's block names, `head.{norm, fc}`
+                           (`NormMlpClassifierHead`). FB's network renamed by timm's
+                           `checkpoint_filter_fn`: biased downsample norms, a linear head whose
+                           `head.norm` is FB's `norm` (read as `convnext_fb`'s, below).
 
 Import is `gcp.convert.vit.import_variables` (strict, `load_head`, PSRP only if the file has
 it) plus the Swin buffers: they are not variables here (`gcp.models.swin` computes them), so a
 file's are checked against what the model computes and dropped, and a file without them (a
-filtered one) is read too; export writes them for 224 px images, the size the release's
-network is built for (`img_size=224`). With `load_head=False` and FB's file, FB's `norm`
+filtered one, timm >= 0.9's) is read too; export writes them for 224 px images, the size the
+release's network is built for (`img_size=224`), except in timm_swin, whose network has none.
+With `load_head=False` and FB's network (`convnext_fb`, `timm_convnext`), its final norm
 still goes to a linear head's `head/norm`, as the release's `checkpoint_filter_fn` (it
-renames it to `head.norm`) and non-strict load do; under MP it is dropped and
+renames FB's `norm` to `head.norm`) and non-strict load do; under MP it is dropped and
 `head/cls_norm` stays fresh, the release's quirk (`gcp.models.convnext`).
 """
 import dataclasses
@@ -70,10 +83,15 @@ def _psrp(ours: str, theirs: str) -> list[Rule]:
           for o, t in (("down", "down"), ("scale", "up_weight"), ("shift", "up_bias"))]
 
 
+def _next_stage(rules: list[Rule]) -> list[Rule]:
+  """Rules whose release names are one stage on from our paths."""
+  return [dataclasses.replace(r, stage_offset=1) for r in rules]
+
+
 _SB, _SR = "layers_{i}/blocks_{j}/", "layers.{i}.blocks.{j}."
-_SWIN = [
-    *_dense("patch_embed_proj", "patch_embed.proj", "conv"),
-    *_norm("patch_embed_norm", "patch_embed.norm"),
+_SWIN_STEM = [*_dense("patch_embed_proj", "patch_embed.proj", "conv"),
+              *_norm("patch_embed_norm", "patch_embed.norm")]
+_SWIN_BLOCKS = [
     *_norm(_SB + "norm1", _SR + "norm1"),
     *_dense(_SB + "attn_qkv", _SR + "attn.qkv"),
     Rule(f"params/{_SB}{_TABLE}", _SR + "attn.relative_position_bias_table"),
@@ -81,28 +99,36 @@ _SWIN = [
     *_norm(_SB + "norm2", _SR + "norm2"),
     *_dense(_SB + "mlp_fc1", _SR + "mlp.fc1"),
     *_dense(_SB + "mlp_fc2", _SR + "mlp.fc2"),
-    *_psrp(_SB[:-1], _SR[:-1]),
-    *_norm("layers_{i}/downsample_norm", "layers.{i}.downsample.norm"),
-    *_dense("layers_{i}/downsample_reduction", "layers.{i}.downsample.reduction"),
+]
+_MERGING = [*_norm("layers_{i}/downsample_norm", "layers.{i}.downsample.norm"),
+            *_dense("layers_{i}/downsample_reduction", "layers.{i}.downsample.reduction")]
+_SWIN = [
+    *_SWIN_STEM, *_SWIN_BLOCKS, *_psrp(_SB[:-1], _SR[:-1]), *_MERGING,
     *_norm("norm", "norm"),
     *_dense("head", "head"),
     *_MP_HEAD,
 ]
+_TIMM_SWIN = [*_SWIN_STEM, *_SWIN_BLOCKS, *_next_stage(_MERGING), *_norm("norm", "norm"),
+              *_dense("head", "head.fc")]
 _CB, _CR = "stages_{i}/blocks_{j}/", "stages.{i}.blocks.{j}."
 _LINEAR, _MP = "params/head/fc/kernel", "params/head/proj/kernel"  # which head a model has
-_CONVNEXT = [
-    *_dense("stem_proj", "stem.proj", "conv"),
-    *_norm("stem_norm", "stem.norm"),
-    *_norm("stages_{i}/downsample_norm", "stages.{i}.downsample.norm"),
-    *_dense("stages_{i}/downsample_proj", "stages.{i}.downsample.proj", "conv"),
+_CONVNEXT_BLOCKS = [
     *_dense(_CB + "conv_dw", _CR + "conv_dw", "conv"),
     *_norm(_CB + "norm", _CR + "norm"),
     *_dense(_CB + "mlp_fc1", _CR + "mlp.fc1"),
     *_dense(_CB + "mlp_fc2", _CR + "mlp.fc2"),
     Rule(f"params/{_CB}gamma", _CR + "gamma"),
+]
+_CONVNEXT_LINEAR = [*_only(_norm("head/norm", "head.norm"), _LINEAR),
+                    *_dense("head/fc", "head.fc")]
+_CONVNEXT = [
+    *_dense("stem_proj", "stem.proj", "conv"),
+    *_norm("stem_norm", "stem.norm"),
+    *_norm("stages_{i}/downsample_norm", "stages.{i}.downsample.norm"),
+    *_dense("stages_{i}/downsample_proj", "stages.{i}.downsample.proj", "conv"),
+    *_CONVNEXT_BLOCKS,
     *_psrp(_CB[:-1], _CR[:-1]),
-    *_only(_norm("head/norm", "head.norm"), _LINEAR),
-    *_dense("head/fc", "head.fc"),
+    *_CONVNEXT_LINEAR,
     *_norm("head/cls_norm", "head.cls_head.norm"),
     *_dense("head/fc_cls", "head.cls_head.fc"),
     *_dense("head/proj", "head.proj", "conv"),
@@ -124,15 +150,28 @@ _FB = [  # the stem first: its names also fit the downsample templates (i = 0)
     *_only(_norm("head/norm", "norm"), _LINEAR),
     *_dense("head/fc", "head"),
 ]
+_TIMM_CONVNEXT = [
+    *_dense("stem_proj", "stem.0", "conv"),
+    *_norm("stem_norm", "stem.1"),
+    *_norm("stages_{i}/downsample_norm", "stages.{i}.downsample.0"),
+    *_dense("stages_{i}/downsample_proj", "stages.{i}.downsample.1", "conv"),
+    *_CONVNEXT_BLOCKS,
+    *_CONVNEXT_LINEAR,
+]
 NAME_TABLES: dict[str, NameTable] = {
     "moment_probing_swin": NameTable(tuple(_SWIN), r"^head\."),
     "moment_probing_convnext": NameTable(tuple(_CONVNEXT), r"^head\."),
     "convnext_fb": NameTable(tuple(_FB), r"^(head|norm)\."),
+    "timm_swin": NameTable(tuple(_TIMM_SWIN), r"^head\."),
+    "timm_convnext": NameTable(tuple(_TIMM_CONVNEXT), r"^head\."),
 }
 vit.NAME_TABLES.update(NAME_TABLES)  # vit's machinery reads every layout from there
 # layout -> the arch its network is
 ARCHS = {"moment_probing_swin": "swin_b", "moment_probing_convnext": "convnext_b",
-         "convnext_fb": "convnext_b"}
+         "convnext_fb": "convnext_b", "timm_swin": "swin_b", "timm_convnext": "convnext_b"}
+# the layouts of FB's ConvNeXt -> the name of its final LayerNorm (a linear head's head/norm)
+_FB_NORM = {"convnext_fb": "norm", "timm_convnext": "head.norm"}
+_SWIN_BUFFERS = ("moment_probing_swin",)  # the layouts whose files hold the Swin buffers
 
 
 # ------------------------------------------------------------------ the Swin buffers
@@ -199,9 +238,9 @@ def _check_buffers(tensors: dict, source: str) -> dict:
 
 def export_variables(variables, layout: str) -> dict[str, np.ndarray]:
   """Our Swin / ConvNeXt variables -> `{release name: array}` (the Swin's buffers
-  included: `swin_buffers`)."""
+  included where the layout's files hold them: `swin_buffers`)."""
   out = vit.export_variables(variables, layout)
-  if ARCHS[layout] == "swin_b":
+  if layout in _SWIN_BUFFERS:
     out.update(swin_buffers(vit._flatten(variables)))
   return out
 
@@ -209,7 +248,7 @@ def export_variables(variables, layout: str) -> dict[str, np.ndarray]:
 def release_shapes(target, layout: str) -> dict[str, tuple[int, ...]]:
   """`{release name: shape}` export writes for a model (variables or ShapeDtypeStructs)."""
   shapes = vit.release_shapes(target, layout)
-  if ARCHS[layout] == "swin_b":
+  if layout in _SWIN_BUFFERS:
     shapes.update({n: b.shape for n, b in swin_buffers(vit._flatten(target)).items()})
   return shapes
 
@@ -229,9 +268,10 @@ def import_variables(tensors, target, layout: str, *, load_head: bool = True,
                                                   for p, v in flat_target.items()}),
       layout, load_head=load_head, resample=False, source=source)
   flat_target = vit._flatten(target)
-  if layout == "convnext_fb" and not load_head and _LINEAR in flat_target:
+  if layout in _FB_NORM and not load_head and _LINEAR in flat_target:
     flat = {tuple(p.split("/")): v for p, v in vit._flatten(loaded).items()}
-    for leaf, name in (("scale", "norm.weight"), ("bias", "norm.bias")):
+    for leaf, name in (("scale", f"{_FB_NORM[layout]}.weight"),
+                       ("bias", f"{_FB_NORM[layout]}.bias")):
       want = flat_target[f"params/head/norm/{leaf}"]
       if np.shape(tensors.get(name)) != want.shape:
         raise ConversionError(f"{source}: {name} expected {want.shape}, found "
@@ -285,7 +325,7 @@ def infer_spec(tensors, layout: str) -> dict[str, Any]:
                              for i in range(len(depths)))}
       if "params/stages_0/blocks_0/gamma" not in arrays:
         sizes["ls_init_value"] = 0.0
-      if layout == "convnext_fb":
+      if layout in _FB_NORM:
         sizes["unbiased_downsample_norm"] = False
       defaults = _field_defaults(ConvNeXt)
       head = (vit._infer_head(arrays) if _MP in arrays else
@@ -312,11 +352,22 @@ _NETWORKS = {
     "convnext_fb": ("FB's official ConvNeXt (facebookresearch/ConvNeXt, e.g. "
                     "convnext_base_22k_224.pth)", ("linear",),
                     {"unbiased_downsample_norm": False}),
+    "timm_swin": ("timm >= 0.9's SwinTransformer (Hugging Face hub files, e.g. "
+                  "swin_base_patch4_window7_224.ms_in22k)", ("linear",), {}),
+    "timm_convnext": ("timm >= 0.9's ConvNeXt (Hugging Face hub files, e.g. "
+                      "convnext_base.fb_in22k)", ("linear",),
+                      {"unbiased_downsample_norm": False}),
 }
+# Names every file of a layout holds. timm_swin's extends the release's (which it shares)
+# by the last stage's patch merging, which the release's 4-stage network lacks: `detect`
+# takes the longer signature.
 _SIGNATURES = {
     "moment_probing_swin": ("patch_embed.proj.weight", "layers.0.blocks.0.attn.qkv.weight"),
     "moment_probing_convnext": ("stem.proj.weight", "stages.0.blocks.0.conv_dw.weight"),
     "convnext_fb": ("downsample_layers.0.0.weight", "stages.0.0.dwconv.weight"),
+    "timm_swin": ("patch_embed.proj.weight", "layers.0.blocks.0.attn.qkv.weight",
+                  "layers.3.downsample.reduction.weight"),
+    "timm_convnext": ("stem.0.weight", "stages.0.blocks.0.conv_dw.weight"),
 }
 
 

@@ -83,12 +83,28 @@ class Rule:
   fused into one release tensor, concatenated along its first axis in this order (timm's
   qkv). `only_with`: one of our variable paths the model must have for the rule to apply
   (where two heads name one of our paths differently, e.g. ConvNeXt's `head/norm`).
+  `stage_offset`: the release's `{i}` is ours plus this (timm >= 0.9's Swin opens stage
+  i + 1 with stage i's patch merging).
   """
   ours: str
   theirs: str
   codec: str = "same"
   parts: tuple[str, ...] = ()
   only_with: str = ""
+  stage_offset: int = 0
+
+  def _shifted(self, fields: dict, sign: int) -> dict:
+    if not self.stage_offset:
+      return fields
+    return {**fields, "i": int(fields["i"]) + sign * self.stage_offset}
+
+  def their_name(self, fields: dict) -> str:
+    """The release's name for our path's `fields`."""
+    return self.theirs.format(**self._shifted(fields, 1))
+
+  def our_path(self, fields: dict, part: str | None = None) -> str:
+    """Our path (of fused `part`) for the release name's `fields`."""
+    return self.ours.format(**self._shifted(fields, -1), **({"part": part} if part else {}))
 
 
 @functools.lru_cache(maxsize=None)
@@ -213,7 +229,7 @@ def _links(layout: str, paths) -> dict[str, tuple[Rule, list[str]]]:
       if match and (not rule.only_with or rule.only_with in present):
         fields = match.groupdict()
         part = fields.pop("part", None)
-        groups.setdefault(rule.theirs.format(**fields), (rule, {}))[1][part] = path
+        groups.setdefault(rule.their_name(fields), (rule, {}))[1][part] = path
         break
     else:
       unmapped.append(path)
@@ -287,7 +303,7 @@ def to_ours(tensors, layout: str) -> dict[str, np.ndarray]:
       continue
     fields = match.groupdict()
     for part, array in zip(rule.parts or (None,), _decode(rule, _numpy(value))):
-      out[rule.ours.format(**fields, **({"part": part} if part else {}))] = array
+      out[rule.our_path(fields, part)] = array
   return out
 
 

@@ -2,8 +2,9 @@
 Probing release's files, written by PyTorch ports of its networks (tests/references) the
 way its timm train.py saves them, converted (layout, spec, logits) and exported back into
 the port with `load_state_dict(strict=True)`; the official ImageNet-21k files (Microsoft's
-Swin, FB's ConvNeXt) into a fresh MP head; full-size names and shapes on PyTorch's meta
-device; errors. Reduced networks run the same block code; two model compiles in all."""
+Swin, FB's ConvNeXt) into a fresh MP head; timm >= 0.9's (the Hugging Face hub's) names
+against the release's, by array; full-size names and shapes on PyTorch's meta device;
+errors. Reduced networks run the same block code; two model compiles in all."""
 import re
 
 import jax
@@ -121,6 +122,37 @@ def fb_names(state_dict) -> dict:
   return {rename(k): v for k, v in state_dict.items()}
 
 
+def timm_swin_names(state_dict) -> dict:
+  """The port's linear Swin state_dict under timm >= 0.9's names: stage i's patch merging
+  opens stage i + 1, `head.fc`, no buffers (non-persistent there)."""
+  def rename(name):
+    match = re.fullmatch(r"layers\.(\d+)\.downsample\.(.+)", name)
+    if match:
+      return f"layers.{int(match.group(1)) + 1}.downsample.{match.group(2)}"
+    return re.sub(r"^head\.", "head.fc.", name)
+  return {rename(k): v for k, v in state_dict.items() if not hierarchical._BUFFER.fullmatch(k)}
+
+
+_TIMM_CONVNEXT_NAMES = ((r"stem\.proj\.", "stem.0."), (r"stem\.norm\.", "stem.1."),
+                        (r"stages\.(\d+)\.downsample\.norm\.", r"stages.\1.downsample.0."),
+                        (r"stages\.(\d+)\.downsample\.proj\.", r"stages.\1.downsample.1."))
+
+
+def timm_convnext_names(state_dict) -> dict:
+  """The port's linear ConvNeXt state_dict under timm >= 0.9's names (`stem.{0,1}`,
+  `stages.{i}.downsample.{0,1}`; blocks and `head.{norm, fc}` as the release's)."""
+  def rename(name):
+    for pattern, new in _TIMM_CONVNEXT_NAMES:
+      name = re.sub("^" + pattern, new, name)
+    return name
+  return {rename(k): v for k, v in state_dict.items()}
+
+
+# arch -> (the port's linear state_dict -> timm's names, timm's layout)
+TIMM = {"swin_b": (timm_swin_names, "timm_swin"),
+        "convnext_b": (timm_convnext_names, "timm_convnext")}
+
+
 def _ours(variables, path: str) -> np.ndarray:
   return np.asarray(vit._flatten(variables)[path])
 
@@ -194,6 +226,82 @@ def test_fb_convnext_21k_file_loads_whole_or_into_new_heads(tmp_path):
   assert _ours(linear, "params/head/fc/kernel").shape == (128, 1000)
 
 
+# --- timm >= 0.9's files (the Hugging Face hub's) ------------------------------------------
+
+def _assert_equal(got: dict, want: dict) -> None:
+  assert set(got) == set(want)
+  for name, value in want.items():
+    np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(value), err_msg=name)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_timm_files_read_as_the_release_and_export_back(arch, tmp_path):
+  """A flat `pytorch_model.bin` in timm's names: detected (the release's and FB's names
+  still as theirs), the spec of timm's network (ConvNeXt: FB's, as `convnext_fb` reads
+  it), the variables the release's names give for the same weights, and the converted
+  checkpoint exported back to the same names and arrays; into a new MP head (no model
+  compiled: `import_variables` on the model's shapes) the backbone, and for ConvNeXt's new
+  linear head FB's final norm."""
+  build, sizes, release_layout, images = ARCHS[arch]
+  rename, layout = TIMM[arch]
+  release = build("linear", num_classes=40, seed=7, **sizes).state_dict()
+  state = rename(release)
+  files = {layout: state, release_layout: release}
+  if arch == "convnext_b":
+    files["convnext_fb"] = fb_names(release)
+  else:  # the harder case: the release's names without the buffers (a filtered file)
+    files[release_layout] = {k: v for k, v in release.items()
+                             if not hierarchical._BUFFER.fullmatch(k)}
+  for want_layout, names in files.items():
+    assert vit.detect_layout("pytorch", names) == want_layout
+  torch.save(state, tmp_path / "pytorch_model.bin")
+  torch.save(release, tmp_path / "release.pth")
+  out = str(tmp_path / "converted")
+  converted = gcp.convert.convert_to_checkpoint(str(tmp_path / "pytorch_model.bin"), out)
+  spec, variables = converted.spec, converted.variables
+  release_spec, want = convert(str(tmp_path / "release.pth"))
+  fb = {"unbiased_downsample_norm": False} if arch == "convnext_b" else {}
+  assert converted.layout == layout
+  assert spec == {**_spec(arch, "linear", 40), **fb} == {**release_spec, **fb}
+  _assert_equal(vit._flatten(variables), vit._flatten(want))
+  written, _ = gcp.convert.export(out, str(tmp_path / "exported.pth"))
+  assert written.name == layout  # the recorded layout, though the release's holds it too
+  exported = torch.load(tmp_path / "exported.pth", weights_only=True)
+  _assert_equal({k: v.numpy() for k, v in exported.items()},
+                {k: v.numpy() for k, v in state.items()})
+
+  model = create_model(arch, head="mp", num_classes=1000, **sizes, **MP)
+  target = jax.eval_shape(model.init, jax.random.key(0), images[:1])
+  mp = vit._flatten(hierarchical.import_variables(state, target, layout, load_head=False))
+  backbone = {p: v for p, v in vit._flatten(want).items() if not p.startswith("params/head/")}
+  _assert_equal(mp, backbone)
+  if arch == "convnext_b":
+    model = create_model(arch, head="linear", num_classes=1000, **sizes, **fb)
+    target = jax.eval_shape(model.init, jax.random.key(0), images[:1])
+    linear = vit._flatten(hierarchical.import_variables(state, target, layout,
+                                                        load_head=False))
+    for leaf, name in (("scale", "head.norm.weight"), ("bias", "head.norm.bias")):
+      np.testing.assert_array_equal(linear.pop(f"params/head/norm/{leaf}"), state[name])
+    _assert_equal(linear, backbone)
+
+  del state["layers.3.downsample.norm.bias" if arch == "swin_b" else "stem.1.bias"]
+  with pytest.raises(ConversionError, match=rf"(?s)names of the {layout} layout.*missing "
+                     r"\(1\):\n    (layers\.3\.downsample\.norm|stem\.1)\.bias"):
+    hierarchical.import_variables(state, jax.eval_shape(lambda: variables), layout)
+
+
+def test_timm_patch_merging_keeps_the_release_channel_order():
+  """timm >= 0.9's PatchMerging gathers the 2 x 2 neighbours by a reshape and permute (its
+  forward's, below) where the release concatenates x0, x1, x2, x3: the same channel order,
+  so the reduction's weight is read unchanged (timm's `checkpoint_filter_fn` only renames)."""
+  torch.manual_seed(0)
+  b, h, w, c = 2, 4, 6, 3
+  merging, x = torch_swin.PatchMerging((h, w), c), torch.randn(b, h * w, c)
+  timm = x.reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
+  with torch.no_grad():
+    assert torch.equal(merging(x), merging.reduction(merging.norm(timm)).reshape(b, -1, 2 * c))
+
+
 # --- full size ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch, head", [(a, h) for a in ARCHS for h in MODES])
@@ -214,9 +322,18 @@ def test_full_size_layouts_equal_the_releases_state_dicts(arch, head):
   assert spec == {"arch": arch, "head": head, "num_classes": 1000, "image_size": 224,
                   **({"proj_dim": 512, "num_groups": 4} if head != "linear" else {}),
                   **({"psrp_rank": 16} if head == "mp_plus" else {})}
-  if arch == "convnext_b" and head == "linear":
-    assert hierarchical.release_shapes(target, "convnext_fb") == {
-        n: tuple(v.shape) for n, v in fb_names(release.state_dict()).items()}
+  assert layouts.detect("pytorch", want).name == layout
+  if head == "linear":  # timm's names (and FB's), told by their names too
+    renamed = {TIMM[arch][1]: TIMM[arch][0](release.state_dict())}
+    if arch == "convnext_b":
+      renamed["convnext_fb"] = fb_names(release.state_dict())
+    for other, names in renamed.items():
+      shapes = {n: tuple(v.shape) for n, v in names.items()}
+      assert hierarchical.release_shapes(target, other) == shapes
+      assert layouts.detect("pytorch", shapes).name == other
+      arrays = {n: np.broadcast_to(np.float32(0), s) for n, s in shapes.items()}
+      assert hierarchical.infer_spec(arrays, other) == {
+          **spec, **({"unbiased_downsample_norm": False} if arch == "convnext_b" else {})}
 
 
 # --- errors -------------------------------------------------------------------------------
