@@ -5,13 +5,16 @@ Ours: `gcp.train.make_train_step` (forward, backward, SGD with momentum and weig
 BatchNorm updates; jitted, buffers donated) on one device, in a child process per XLA
 configuration (XLA reads its flags once per process):
 - `gcp defaults`: the CPU flags gcp.runtime sets (what every gcp run uses);
-- `plain XLA`: XLA's own defaults (`GCP_XLA_DEFAULTS=0`).
+- `plain XLA`: XLA's own defaults (`GCP_XLA_DEFAULTS=0`);
+- `defaults + FLAGS` for each `--xla-flags=FLAGS`: gcp's defaults under that `XLA_FLAGS`
+  (a flag it names replaces gcp's setting of it), to try other XLA CPU options.
 PyTorch: the reference models of tests/references/torch_resnet.py (torchvision layout;
 iSQRT: layer_reduce / layer_reduce_bn and the release's Covpool / Sqrtm / Triuvec with
 their hand-written backward) with torch.optim.SGD, using the threads PyTorch picks by
 default (`--threads` to change). Same batch, float32, label-smoothed cross-entropy.
 
   python benchmarks/train_step.py [--batch 8 32] [--head gap isqrt] [--repeats 5]
+      [--xla-flags=--xla_cpu_multi_thread_eigen=false ...]
 
 Prints images/s of each and the ratio ours / PyTorch (higher is better), each JAX
 configuration's compile + first-step time and, where ours is slower than PyTorch, where a
@@ -152,6 +155,9 @@ def main():
   parser.add_argument("--size", type=int, default=224)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--threads", type=int, help="PyTorch threads (default: its own)")
+  parser.add_argument("--xla-flags", action="append", default=[], metavar="FLAGS",
+                      help="also measure gcp's defaults under this XLA_FLAGS value "
+                      "(repeatable; write --xla-flags=VALUE, as VALUE starts with --)")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -173,17 +179,20 @@ def main():
   for head, batch in tqdm(cases, desc="PyTorch"):
     torch_rates[head, batch] = batch / median_seconds(torch_step(head, batch, args.size),
                                                       args.repeats)
+  configs = {**XLA_CONFIGS, **{f"defaults + {flags}": {"XLA_FLAGS": flags}
+                               for flags in args.xla_flags}}
   jax_rates = {name: _jax_rates(args, env)
-               for name, env in tqdm(XLA_CONFIGS.items(), desc="JAX configurations")}
-  print(f"\n{'model':>16} {'batch':>5} {'implementation':>26} {'images/s':>9} {'ratio':>6} "
+               for name, env in tqdm(configs.items(), desc="JAX configurations")}
+  width = max(len("ours, " + name) for name in jax_rates)
+  print(f"\n{'model':>16} {'batch':>5} {'implementation':>{width}} {'images/s':>9} {'ratio':>6} "
         f"{'compile + 1st step':>19}")
   for head, batch in cases:
     model = f"ResNet-50 {'GAP' if head == 'gap' else 'iSQRT d=256'}"
-    print(f"{model:>16} {batch:5d} {'PyTorch':>26} {torch_rates[head, batch]:9.2f} "
+    print(f"{model:>16} {batch:5d} {'PyTorch':>{width}} {torch_rates[head, batch]:9.2f} "
           f"{1:6.2f}")
     for name, rows in jax_rates.items():
       row = rows[head, batch]
-      print(f"{'':>16} {'':>5} {'ours, ' + name:>26} {row['rate']:9.2f} "
+      print(f"{'':>16} {'':>5} {'ours, ' + name:>{width}} {row['rate']:9.2f} "
             f"{row['rate'] / torch_rates[head, batch]:6.2f} {row['first_step']:17.1f} s")
   for head, batch in cases:
     row = jax_rates["gcp defaults"][head, batch]
