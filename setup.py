@@ -27,15 +27,14 @@ setup(
         "filelock",                    # JAX locks the bounded compilation cache with it
     ],
     extras_require={
-        # pytest-xdist runs the suite in one process per core (pytest.ini).
         # torch runs the PyTorch port of the release that the operators are tested against.
         # nbclient, nbformat and ipykernel execute the notebooks (tests/test_notebooks.py).
         # gdown: the Google Drive downloads of gcp.pretrained (tests/test_pretrained.py).
         # onnx, onnx-ir, onnxruntime: ONNX export and its check (tests/test_export.py); the
         # converter itself, jax2onnx, is installed with --no-deps (see "onnx" below).
-        "test": ["pytest>=8", "pytest-xdist>=3.8", "torch==2.13.0", "av>=12", "nbclient>=0.10",
-                 "nbformat>=5.10", "ipykernel>=6.29", "gdown>=5.2", "onnx>=1.20.1",
-                 "onnx-ir>=0.2.1", "onnxruntime>=1.24.1"],
+        "test": ["pytest>=8", "torch==2.13.0", "av>=12", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6.29", "gdown>=5.2", "onnx>=1.20.1", "onnx-ir>=0.2.1",
+                 "onnxruntime>=1.24.1"],
         # python -m gcp.export --format onnx. Then: pip install --no-deps jax2onnx==0.17.1
         # (it pins orbax-checkpoint<0.11.37, which it does not use and gcp cannot).
         "onnx": ["onnx>=1.20.1", "onnx-ir>=0.2.1", "onnxruntime>=1.24.1"],

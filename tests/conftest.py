@@ -1,9 +1,9 @@
 """Test session setup: 8 simulated CPU devices, gcp's runtime defaults, tiny data.
 
 The tests run like every gcp run, with gcp.runtime's CPU compile options for gcp.train's
-programs and a persistent compilation cache of their own, through which the test processes
-(pytest-xdist's, pytest.ini) and the main.py subprocesses share compiled programs
-(`JAX_COMPILATION_CACHE_DIR` names another)."""
+programs and a persistent compilation cache of their own, through which the test process
+and the main.py subprocesses share compiled programs (`JAX_COMPILATION_CACHE_DIR` names
+another)."""
 import atexit
 import os
 import shutil
@@ -33,12 +33,6 @@ runtime.add_xla_flags(f"--xla_force_host_platform_device_count={NUM_DEVICES}",
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
-
-
-def pytest_xdist_auto_num_workers(config):
-  """`-n auto`: one test process per core, at most 4 (each holds its own compiled programs
-  and simulated devices)."""
-  return min(os.cpu_count() or 1, 4)
 
 
 @pytest.fixture(scope="session")

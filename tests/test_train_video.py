@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from gcp import checkpoint, data, train
 from gcp.config import base_config
@@ -20,7 +21,7 @@ EVAL_PP = "center_segments(2, clips=2)|resize_shorter(32)|three_crop(32)|normali
 
 def test_frame_store_clips_train_and_every_view_is_scored(frame_store):  # noqa: F811
   """The library functions train_and_evaluate calls, on one device with a one-block-per-
-  stage TSN (the full loop with AMS-Net is the next test)."""
+  stage TSN (the full loop with AMS-Net is the slow test below)."""
   builder = data.load_builder(f"frames:{frame_store.root}")
   shape = data.image_shape(builder, "train", TRAIN_PP)
   assert shape == (2, 32, 32, 3)
@@ -48,6 +49,9 @@ def test_frame_store_clips_train_and_every_view_is_scored(frame_store):  # noqa:
   assert result["eval_examples"] == 5 and np.isfinite(result["eval_loss"])
 
 
+# ~1-3 min of compiling a ResNet-50 video network for 8 devices; the test above covers the
+# same path with a smaller network, init_from and checkpoints are the image models' code.
+@pytest.mark.slow
 def test_ams_net_trains_from_an_image_checkpoint_and_scores_every_view(frame_store,  # noqa: F811
                                                                         tmp_path):
   image_model = dict(arch="resnet50", head="gap", num_classes=3, width=4)

@@ -190,11 +190,15 @@ def test_basemodel_networks_initialise_as_their_release(arch, scheme, conv_std):
 TINY = {"vgg16_bn": dict(width=8, hidden=16), "mobilenet_v2": dict(width_mult=0.25),
         "shufflenet_v2": dict(width_mult=0.5),
         "densenet121": dict(growth_rate=4, block_config=(1, 1, 1, 1), num_init_features=8)}
+# Every head trains on a ResNet in test_train.py, through the same backbone-head interface;
+# here each backbone trains with the iSQRT head by default. The rest: pytest -m slow (not
+# for DenseNet, whose head interface is the same code).
+FAST_HEADS = ("isqrt",)
 
 
-# DenseNet trains with iSQRT only: its backbone-head interface is the other CNNs' code.
 @pytest.mark.parametrize("arch, head", [
-    (a, h) for a in sorted(TINY) for h in sorted(HEADS) if h == "isqrt" or a != "densenet121"])
+    pytest.param(a, h, marks=() if h in FAST_HEADS else pytest.mark.slow)
+    for a in sorted(TINY) for h in sorted(HEADS) if h in FAST_HEADS or a != "densenet121"])
 def test_every_backbone_and_head_trains_a_step(arch, head):
   model = create_model(arch, head=head, num_classes=5, reduction_dim=8, sketch_dim=32,
                        **TINY[arch])
