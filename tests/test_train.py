@@ -21,6 +21,7 @@ from gcp import workdir as workdir_lib
 from gcp.config import base_config
 from gcp.heads import HEADS
 from gcp.models import create_model
+from references.every_head import EveryHead
 from references.numerics import NUM_DEVICES
 
 
@@ -289,17 +290,22 @@ def test_resume_with_another_config_is_refused_untouched(finished_run, data_dir)
   assert snapshot(workdir) == before
 
 
-# gap, dropcov (its drop-rate metric) and cbp (its constant sketch) by default: isqrt trains
-# in every run of this file, and every head's forward and gradient are tested in
-# tests/test_heads.py. The rest: pytest -m slow.
-TRAINED_HEADS = ("gap", "dropcov", "cbp")
+# gap (the last stage's stride 2), dropcov (its drop-rate metric) and cbp (its constant
+# sketch) one by one; the other heads in one step, side by side (their forward and gradient
+# are tested in tests/test_heads.py).
+JOINT_HEADS = tuple(h for h in sorted(HEADS) if h not in ("gap", "dropcov", "cbp"))
 
 
-@pytest.mark.parametrize("head", [h if h in TRAINED_HEADS else pytest.param(
-    h, marks=pytest.mark.slow) for h in sorted(HEADS)])
+@pytest.mark.parametrize("head", ["gap", "dropcov", "cbp",
+                                  pytest.param(JOINT_HEADS, id="+".join(JOINT_HEADS))])
 def test_every_head_trains_a_step(head):
-  model = create_model("resnet18", head=head, num_classes=10, reduction_dim=8, width=4,
-                       small_input=True, sketch_dim=64)
+  heads = (head,) if isinstance(head, str) else head
+  models = [create_model("resnet18", head=h, num_classes=10, reduction_dim=8, width=4,
+                         small_input=True, sketch_dim=64) for h in heads]
+  model = models[0]
+  if len(models) > 1:
+    assert {type(m.head).last_stage_stride for m in models} == {EveryHead.last_stage_stride}
+    model = model.clone(head=EveryHead(tuple(m.head for m in models)))
   tx = optax.sgd(0.1, momentum=0.9)
   mesh = train.make_mesh(jax.devices()[:1])
   state = train.init_state(model, tx, (8, 8, 3), seed=0, mesh=mesh)
@@ -310,8 +316,9 @@ def test_every_head_trains_a_step(head):
   state, metrics = train.make_train_step(model, tx, 0.1)(state, train.shard_batch(batch, mesh))
   assert np.isfinite(float(metrics["loss"]))
   assert ("drop_rate" in metrics) == (head == "dropcov")
-  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before.params,
-                         jax.device_get(state.params))
+  after = jax.device_get(state.params)
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before.params, after)
+  assert all(jax.tree.leaves(changed["head"])) if "head" in changed else head == "gap"
   assert any(jax.tree.leaves(changed))
   if head == "cbp":  # the sketch is a constant, not trained
     jax.tree.map(np.testing.assert_array_equal, before.model_state["constants"],

@@ -63,7 +63,7 @@ def test_unknown_width_is_named():
 
 @pytest.mark.parametrize("head", sorted(HEADS))
 def test_every_head_builds_and_trains_in_shape(head):
-  """Traced only (every head trains a compiled step below with -m slow)."""
+  """Traced only (every head trains a compiled step in tests/models/test_zoo.py)."""
   model = create_model("shufflenet_v2", head=head, num_classes=5, reduction_dim=8,
                        sketch_dim=32, width_mult=0.5)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3))))
