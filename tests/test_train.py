@@ -21,7 +21,7 @@ from gcp import workdir as workdir_lib
 from gcp.config import base_config
 from gcp.heads import HEADS
 from gcp.models import create_model
-from references.every_head import EveryHead
+from references.every_head import EveryHead, every_head_model
 from references.numerics import NUM_DEVICES
 
 
@@ -299,13 +299,12 @@ JOINT_HEADS = tuple(h for h in sorted(HEADS) if h not in ("gap", "dropcov", "cbp
 @pytest.mark.parametrize("head", ["gap", "dropcov", "cbp",
                                   pytest.param(JOINT_HEADS, id="+".join(JOINT_HEADS))])
 def test_every_head_trains_a_step(head):
-  heads = (head,) if isinstance(head, str) else head
-  models = [create_model("resnet18", head=h, num_classes=10, reduction_dim=8, width=4,
-                         small_input=True, sketch_dim=64) for h in heads]
-  model = models[0]
-  if len(models) > 1:
-    assert {type(m.head).last_stage_stride for m in models} == {EveryHead.last_stage_stride}
-    model = model.clone(head=EveryHead(tuple(m.head for m in models)))
+  options = dict(num_classes=10, reduction_dim=8, width=4, small_input=True, sketch_dim=64)
+  if isinstance(head, str):
+    model = create_model("resnet18", head=head, **options)
+  else:
+    assert {HEADS[h].last_stage_stride for h in head} == {EveryHead.last_stage_stride}
+    model = every_head_model("resnet18", head, **options)
   tx = optax.sgd(0.1, momentum=0.9)
   mesh = train.make_mesh(jax.devices()[:1])
   state = train.init_state(model, tx, (8, 8, 3), seed=0, mesh=mesh)
