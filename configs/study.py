@@ -12,12 +12,14 @@ Settings (`configs/study.py:SETTING`):
 
   python -m gcp.study configs/study.py --workdir runs/study          # 24 min, 2 CPU cores
   python -m gcp.study configs/study.py --workdir runs/study --quick  # one seed, 2 epochs
+  python -m gcp.study configs/study.py --workdir runs/study --config.heads=gap,isqrt
   python -m gcp.study configs/study.py:imagenet --workdir runs/study_imagenet \\
       --config.data_dir=/path/to/tensorflow_datasets
 
 `runs.<head>` are complete training configs (`gcp.config.base_config()` keys), one per
 head; `num_epochs`, `landscape_every_steps` and `data_dir` are shared by all of them
-(override the study's key to change every run). `seeds` runs each head with seeds 0 .. seeds - 1.
+(override the study's key to change every run). `seeds` runs each head with seeds 0 .. seeds - 1;
+`heads` picks some of the runs (the others' finished runs stay in the workdir for later).
 """
 import ml_collections
 from ml_collections import config_dict
@@ -33,6 +35,8 @@ def get_config(arg: str | None = None):
   setting, = parse_setting(arg, "digits", ["digits", "imagenet"])
   study = ml_collections.ConfigDict()
   study.baseline = "gap"          # the first-order head every other head is compared with
+  # The runs to train and compare, comma-separated (None: all of `runs`), e.g. gap,isqrt.
+  study.heads = config_dict.placeholder(str)
   study.seeds = 3
   study.num_epochs = config_dict.FieldReference(6 if setting == "digits" else 100)
   # Loss landscape along the gradient on the training batch, every this many steps.

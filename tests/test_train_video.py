@@ -33,7 +33,7 @@ def test_frame_store_clips_train_and_every_view_is_scored(frame_store):  # noqa:
   state = train.init_state(model, tx, shape, 0, mesh)
   image = ResNet(stages, Bottleneck, head=GAPHead(), num_classes=3, width=4)
   inflated, _ = checkpoint.inflate_image_variables(
-      image.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3))),
+      jax.jit(image.init)(jax.random.key(1), jnp.zeros((1, 32, 32, 3))),
       {"params": state.params, **state.model_state})
   state = state.replace(params=inflated.pop("params"), model_state=inflated)
   step = train.make_train_step(model, tx, 0.1)

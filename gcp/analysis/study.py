@@ -97,6 +97,15 @@ def metrics_of(fractions) -> tuple[Metric, ...]:
 def resolve(study: ml_collections.ConfigDict, quick: bool = False) -> ml_collections.ConfigDict:
   """The study config to run: checked, and with `--quick`'s settings applied."""
   study = copy.deepcopy(study)
+  if study.get("heads"):  # a subset of the runs: the others are neither trained nor compared
+    chosen = [h.strip() for h in study.heads.split(",") if h.strip()]
+    unknown = [h for h in chosen if h not in study.runs]
+    if unknown:
+      raise ValueError(f"config.heads names {', '.join(unknown)}, not in config.runs "
+                       f"({', '.join(study.runs)})")
+    with study.runs.unlocked():  # config flags lock the config they parse
+      for head in [h for h in study.runs if h not in chosen]:
+        del study.runs[head]
   heads = list(study.runs)
   if study.baseline not in heads:
     raise ValueError(f"config.baseline {study.baseline!r} is not one of config.runs "

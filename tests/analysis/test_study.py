@@ -3,6 +3,7 @@ best, mCE against the same seed's baseline), the verdict of every claim, and stu
 claims table. (The whole study runs in tests/test_study_command.py.)"""
 import ml_collections
 import numpy as np
+import pytest
 
 from gcp.analysis import study as study_lib
 
@@ -80,3 +81,19 @@ def test_markdown_has_a_row_per_claim_and_flags_traces():
   assert "holds (-0.2" in claims_table and "reversed (+10" in claims_table
   assert "isqrt_seed1: 10 ± 20, not significant" in text
   assert "error target missed: 60 probes" in text
+
+
+def test_heads_picks_some_runs_and_names_an_unknown_one():
+  study = config()
+  study.runs.dropcov = {}
+  study.heads = "gap, isqrt"
+  study.lock()  # as config flags give it
+  assert study_lib.heads_of(study_lib.resolve(study)) == ["gap", "isqrt"]
+  assert list(study.runs) == ["dropcov", "gap", "isqrt"]  # the caller's config is untouched
+  study.heads = "gap,isqrt,mpncov"
+  with pytest.raises(ValueError, match=r"config.heads names mpncov, not in config.runs "
+                                       r"\(dropcov, gap, isqrt\)"):
+    study_lib.resolve(study)
+  study.heads = "isqrt,dropcov"
+  with pytest.raises(ValueError, match="config.baseline 'gap' is not one of"):
+    study_lib.resolve(study)

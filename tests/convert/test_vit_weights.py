@@ -22,11 +22,11 @@ IMAGES = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
 
 
 def _random_variables(model, size=32, seed=0):
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
-  leaves, tree = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  return jax.tree.unflatten(tree, [np.asarray(x + 0.1 * jax.random.normal(k, x.shape))
-                                   for x, k in zip(leaves, keys)])
+  # Jitted, and the noise from numpy: eagerly, every op and leaf shape compiles on its own.
+  variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
+  rng = np.random.default_rng(seed + 1)
+  return jax.tree.map(
+      lambda x: np.asarray(x) + 0.1 * rng.standard_normal(x.shape, np.float32), variables)
 
 
 @pytest.fixture(scope="module")
