@@ -1,8 +1,6 @@
-"""gcp.runtime: the default XLA CPU flags and the persistent compilation cache."""
+"""gcp.runtime: the default XLA CPU flags. (Its persistent compilation cache: a second launch
+compiles nothing, tests/test_train.py::test_killed_run_resumes_to_the_same_parameters.)"""
 import os
-import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +9,6 @@ import pytest
 
 from gcp import runtime
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YNN, PRESET = runtime.CPU_COMPILER_OPTIONS
 
 
@@ -51,29 +48,3 @@ def test_a_ynn_failure_names_the_way_out():
   if runtime.compiler_options():
     assert "GCP_XLA_DEFAULTS=0" in runtime.failure_hint(error)
   assert runtime.failure_hint(RuntimeError("out of memory")) is None
-
-
-def _launch(workdir, cache, data_dir):
-  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
-         "JAX_COMPILATION_CACHE_DIR": str(cache)}
-  result = subprocess.run(
-      [sys.executable, "main.py", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-       "--config.num_epochs=1", "--config.data.train_split=train[:256]",
-       "--config.data.eval_split=test[:100]", "--config.eval_batch_size=100",
-       "--config.model.width=4"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  line = next(line for line in result.stdout.splitlines()
-              if line.startswith("compilation cache"))
-  loaded, compiled, stored = map(int, re.search(
-      r"(\d+) programs loaded, (\d+) compiled \((\d+) stored\)", line).groups())
-  assert f"({cache})" in line
-  return loaded, compiled, stored
-
-
-def test_a_second_launch_of_an_experiment_compiles_nothing(data_dir, tmp_path):
-  # Counted by JAX's own cache events (gcp.runtime.cache_counts), not timed.
-  cache = tmp_path / "cache"
-  loaded, compiled, stored = _launch(tmp_path / "first", cache, data_dir)
-  assert loaded == 0 and compiled == stored > 0
-  assert _launch(tmp_path / "second", cache, data_dir) == (stored, 0, 0)

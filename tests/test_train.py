@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -405,10 +406,10 @@ def test_nan_policy_stop_names_the_step(data_dir, tmp_path):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_main(config_file, workdir):
-  """main.py in a subprocess on the same 8 simulated devices, sharing the compile cache."""
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+def start_main(config_file, workdir, cache):
+  """main.py in a subprocess on the same 8 simulated devices, with the compilation cache
+  directory `cache` and otherwise main.py's cache settings."""
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"),
                            f"--config={config_file}", f"--workdir={workdir}"],
                           env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -441,18 +442,26 @@ def wait_for_step(workdir, step, process, timeout=300):
 
 def test_killed_run_resumes_to_the_same_parameters(finished_run, data_dir, tmp_path):
   """SIGKILL at any moment loses at most the steps since the last complete checkpoint; the
-  same command then finishes with the parameters of an uninterrupted run."""
+  same command then finishes with the parameters of an uninterrupted run. And the second
+  launch compiles nothing: the first, killed after its first evaluation, had compiled
+  every program, and the persistent cache (of this run only) serves them all, as counted
+  by JAX's cache events (gcp.runtime.cache_counts), not timed."""
   config_file, workdir = tiny_config_file(tmp_path, data_dir), str(tmp_path / "run")
-  process = start_main(config_file, workdir)
-  wait_for_step(workdir, 3, process)
+  cache = str(tmp_path / "cache")
+  process = start_main(config_file, workdir, cache)
+  wait_for_step(workdir, 5, process)
   process.send_signal(signal.SIGKILL)
   process.communicate(timeout=300)
   assert process.returncode == -signal.SIGKILL
-  process = start_main(config_file, workdir)
-  _, stderr = process.communicate(timeout=600)
+  process = start_main(config_file, workdir, cache)
+  stdout, stderr = process.communicate(timeout=600)
   assert process.returncode == 0, stderr[-3000:]
   want, got = checkpoint.load_variables(finished_run[0]), checkpoint.load_variables(workdir)
   jax.tree.map(np.testing.assert_array_equal, got, want)
+  line = next(line for line in stdout.splitlines() if line.startswith("compilation cache"))
+  loaded, compiled, stored = map(int, re.search(
+      r"(\d+) programs loaded, (\d+) compiled \((\d+) stored\)", line).groups())
+  assert f"({cache})" in line and loaded > 0 and compiled == stored == 0, line
 
 
 def epoch_lines(workdir):
