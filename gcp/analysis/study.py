@@ -106,13 +106,13 @@ def resolve(study: ml_collections.ConfigDict, quick: bool = False) -> ml_collect
     with study.runs.unlocked():  # config flags lock the config they parse
       for head in [h for h in study.runs if h not in chosen]:
         del study.runs[head]
-  heads = list(study.runs)
+  heads, key = list(study.runs), "config.heads" if study.get("heads") else "config.runs"
   if study.baseline not in heads:
-    raise ValueError(f"config.baseline {study.baseline!r} is not one of config.runs "
+    raise ValueError(f"config.baseline {study.baseline!r} is not one of {key} "
                      f"({', '.join(heads)})")
   if len(heads) < 2:
-    raise ValueError("a study compares heads: config.runs needs the baseline and at least "
-                     "one other head")
+    raise ValueError(f"a study compares heads: {key} needs the baseline and at least one "
+                     "other head")
   if quick:
     q = study.quick
     study.seeds = q.seeds

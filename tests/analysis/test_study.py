@@ -95,5 +95,9 @@ def test_heads_picks_some_runs_and_names_an_unknown_one():
                                        r"\(dropcov, gap, isqrt\)"):
     study_lib.resolve(study)
   study.heads = "isqrt,dropcov"
-  with pytest.raises(ValueError, match="config.baseline 'gap' is not one of"):
+  with pytest.raises(ValueError, match=r"config.baseline 'gap' is not one of config.heads "
+                                       r"\(dropcov, isqrt\)"):
+    study_lib.resolve(study)
+  study.heads = "gap"
+  with pytest.raises(ValueError, match="config.heads needs the baseline and at least one"):
     study_lib.resolve(study)
