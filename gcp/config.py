@@ -189,6 +189,12 @@ def check_overrides(argv: list[str]) -> None:
                      "; valid keys are those of gcp.config.base_config()")
 
 
+def split_names(text: str) -> list[str]:
+  """A comma-separated setting (`"gap, isqrt"`) as its names, blanks and empty items
+  dropped."""
+  return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def leaves(config: ml_collections.ConfigDict) -> dict[str, object]:
   """`{"optim.learning_rate": 0.1, ...}`: every value of `config` by its dotted key, with
   tuples as lists (as JSON holds them)."""

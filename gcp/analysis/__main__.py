@@ -20,19 +20,16 @@ import json  # noqa: E402
 import sys  # noqa: E402
 
 from gcp.analysis import report  # noqa: E402
+from gcp.config import split_names  # noqa: E402
 from gcp.data.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
 
 DEFAULT = ("diagnostics", "landscape", "sharpness")
 
 
-def _names(text: str) -> list[str]:
-  return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def _numbers(kind):
   def parse(text: str):
     try:
-      return [kind(t) for t in _names(text)]
+      return [kind(t) for t in split_names(text)]
     except ValueError:
       raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
   return parse
@@ -44,7 +41,7 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog=__doc__.split("\n\n", 1)[1])
   parser.add_argument("workdir", help="the run to analyse (holds config.json, checkpoints/)")
-  parser.add_argument("--analyses", type=_names, default=list(DEFAULT),
+  parser.add_argument("--analyses", type=split_names, default=list(DEFAULT),
                       help=f"comma-separated, of {', '.join(report.ANALYSES)} "
                       f"(default: {','.join(DEFAULT)}; with --baseline also robustness)")
   parser.add_argument("--baseline", help="workdir of the reference model for CE / mCE")
@@ -67,7 +64,7 @@ def main(argv=None) -> int:
                       "fraction of it (0: exactly --max-probes)")
   parser.add_argument("--max-probes", type=int, default=100,
                       help="at most this many Hutchinson probes")
-  parser.add_argument("--corruptions", type=_names, default=list(CORRUPTIONS),
+  parser.add_argument("--corruptions", type=split_names, default=list(CORRUPTIONS),
                       help="comma-separated (default: all 15)")
   parser.add_argument("--severities", type=_numbers(int), default=list(SEVERITIES),
                       help="comma-separated, of 1-5 (default: all)")

@@ -44,7 +44,7 @@ from gcp import reporting, train
 from gcp import workdir as workdir_lib
 from gcp.analysis import (landscape, plots, robustness, runs, sharpness, stats,
                           transfer)
-from gcp.config import to_dict
+from gcp.config import split_names, to_dict
 
 RUN_FILE = "study_run.json"
 FIGURES = ("curves", "landscape", "sharpness", "robustness")
@@ -98,7 +98,7 @@ def resolve(study: ml_collections.ConfigDict, quick: bool = False) -> ml_collect
   """The study config to run: checked, and with `--quick`'s settings applied."""
   study = copy.deepcopy(study)
   if study.get("heads"):  # a subset of the runs: the others are neither trained nor compared
-    chosen = [h.strip() for h in study.heads.split(",") if h.strip()]
+    chosen = split_names(study.heads)
     unknown = [h for h in chosen if h not in study.runs]
     if unknown:
       raise ValueError(f"config.heads names {', '.join(unknown)}, not in config.runs "
@@ -193,8 +193,7 @@ def measure(run_dir: str, study: ml_collections.ConfigDict) -> dict:
                               trace_rel_error=s.trace_rel_error, max_probes=s.max_probes)
   r = study.robustness
   errors = robustness.corruption_errors_of(
-      run, r.split, r.batch_size, [c.strip() for c in r.corruptions.split(",") if c.strip()],
-      tuple(r.severities))
+      run, r.split, r.batch_size, split_names(r.corruptions), tuple(r.severities))
   t = study.transfer
   probe = transfer.linear_probe_of(run, name=t.name, train_split=t.train_split,
                                    test_split=t.test_split, pp=t.pp, data_dir=t.data_dir,
