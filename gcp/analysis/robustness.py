@@ -17,12 +17,12 @@ procedural texture, or ImageNet-C's photos given as `frost_dir`).
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 
 from gcp import data, reporting, train
 from gcp.analysis import runs
 from gcp.data.corruptions import (CORRUPTIONS, SEVERITIES, STATEMENT, corruption,
                                   frost_source)
+import tensorflow as tf  # (after gcp.data, which imports it without Keras)
 
 
 def corrupted_pp(pp: str, name: str, severity: int, frost_dir: str | None = None) -> str:

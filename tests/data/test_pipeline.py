@@ -1,4 +1,8 @@
-"""Input pipeline: reproducible epochs, exact resume, every eval example scored once."""
+"""Input pipeline: reproducible epochs, exact resume, every eval example scored once;
+TensorFlow imported without Keras."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -115,3 +119,15 @@ def test_wrong_keys_name_the_features(keyed):
   with pytest.raises(ValueError, match=r"no feature 'image' \(config.data.image_key\)"):
     next(gcp.data.eval_batches(keyed, split="test", pp="resize(8)", per_host_batch=4,
                                label_key="species"))
+
+
+def test_tensorflow_comes_without_keras_and_tf_keras_still_works():
+  """gcp.data imports TensorFlow without its eager Keras import (2 s of each launch); a
+  user's `tf.keras` afterwards is still Keras 3, and the variable that did it is unset."""
+  script = ("import os, sys; import gcp.data; assert 'keras' not in sys.modules; "
+            "assert 'TF_USE_LEGACY_KERAS' not in os.environ; import tensorflow as tf; "
+            "print(tf.keras.layers.Dense(3)(tf.zeros((1, 2))).shape, tf.keras.__version__)")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split()[:2] == ["(1,", "3)"] and out.stdout.split()[2].startswith("3.")
