@@ -500,16 +500,17 @@ def _prepare_data(config: ml_collections.ConfigDict, *, train: bool) -> _Data:
 
 
 def _eval_batches(config: ml_collections.ConfigDict, dataset: _Data, skipped: list):
-  """`() -> batches` of the evaluation split; each pass lists the images it skipped in
-  `skipped` (emptied first)."""
+  """`() -> batches` of the evaluation split (its pipeline built once); each pass lists
+  the images it skipped in `skipped` (emptied first)."""
   dc = config.data
+  passes = data.eval_passes(dataset.builder, split=dataset.eval_split, pp=dc.eval_pp,
+                            image_key=dc.image_key, label_key=dc.label_key,
+                            per_host_batch=config.eval_batch_size // jax.process_count(),
+                            prefetch=dc.prefetch)
 
   def batches():
     skipped.clear()
-    return data.eval_batches(dataset.builder, split=dataset.eval_split, pp=dc.eval_pp,
-                             image_key=dc.image_key, label_key=dc.label_key,
-                             per_host_batch=config.eval_batch_size // jax.process_count(),
-                             prefetch=dc.prefetch, skipped=skipped)
+    return passes(skipped)
   return batches
 
 

@@ -29,7 +29,7 @@ evaluation `mask` `[b]` bool (False on padding). `b` is the per-host batch size.
 import math
 import os
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 
 from absl import logging
 import jax
@@ -457,25 +457,40 @@ def eval_batches(builder, *, split: str, pp: str, per_host_batch: int,
   them by the time the last batch has been yielded; nothing is logged); None: they are
   logged.
   """
+  return eval_passes(builder, split=split, pp=pp, per_host_batch=per_host_batch,
+                     image_key=image_key, label_key=label_key, prefetch=prefetch)(skipped)
+
+
+def eval_passes(builder, *, split: str, pp: str, per_host_batch: int,
+                image_key: str = "image", label_key: str = "label",
+                prefetch: int = 2) -> Callable[[list | None], Iterator[dict]]:
+  """`eval_batches` for a split evaluated more than once (every epoch): the pipeline is
+  built, its functions traced, here once; each call `passes(skipped)` is one pass, as
+  `eval_batches(..., skipped=skipped)`. (The names table of `_decoded` needs no reset:
+  each pass files and withdraws the name of every index it reads.)"""
   ds, names = _in_order(builder, split, pp, image_key, label_key, _eval_seed)
   ds = ds.batch(per_host_batch).prefetch(prefetch)
-  dropped = [] if skipped is None else skipped
-  count, shape = 0, None
-  for batch in tfds.as_numpy(ds):
-    del batch["index"]
-    dropped += _names(batch.pop("dropped"))
-    count += 1
-    shape = batch["image"].shape[1:]
-    yield _pad(batch, per_host_batch)
-  dropped += _names_left(names)
-  if skipped is None and dropped:
-    logging.warning(describe_skipped(f"{builder.name}:{split}", dropped, unit=_unit(builder)))
   total = num_eval_batches(builder, split, per_host_batch)
-  if count < total:
-    shape = shape or image_shape(builder, split, pp, image_key)
-    empty = {"image": np.zeros((0, *shape), np.float32), "label": np.zeros((0,), np.int32)}
-    for _ in range(total - count):
-      yield _pad(empty, per_host_batch)
+
+  def one_pass(skipped: list | None = None) -> Iterator[dict]:
+    dropped = [] if skipped is None else skipped
+    count, shape = 0, None
+    for batch in tfds.as_numpy(ds):
+      del batch["index"]
+      dropped += _names(batch.pop("dropped"))
+      count += 1
+      shape = batch["image"].shape[1:]
+      yield _pad(batch, per_host_batch)
+    dropped += _names_left(names)
+    if skipped is None and dropped:
+      logging.warning(describe_skipped(f"{builder.name}:{split}", dropped,
+                                       unit=_unit(builder)))
+    if count < total:
+      shape = shape or image_shape(builder, split, pp, image_key)
+      empty = {"image": np.zeros((0, *shape), np.float32), "label": np.zeros((0,), np.int32)}
+      for _ in range(total - count):
+        yield _pad(empty, per_host_batch)
+  return one_pass
 
 
 def _pad(batch: dict, size: int) -> dict:

@@ -179,6 +179,21 @@ def spoilt(tmp_path_factory, images):
   return gcp.data.load_builder(f"folder:{root}")
 
 
+def test_every_pass_of_a_built_evaluation_is_the_same(spoilt):
+  """`eval_passes` builds the pipeline once (per-epoch evaluation); each pass, also after
+  one stopped early, yields the same batches and names the same undecodable files."""
+  bad = sorted({"train/c1/img04.jpg", "train/c0/img09.jpg", "train/c2/img14.jpg"})
+  passes = gcp.data.eval_passes(spoilt, split="train", pp=PP_EVAL, per_host_batch=4)
+  first = []
+  reference = list(passes(first))
+  next(passes([]))  # stopped after one batch
+  again = []
+  for batch, expected in zip(passes(again), reference, strict=True):
+    for key in ("image", "label", "mask"):
+      np.testing.assert_array_equal(batch[key], expected[key])
+  assert first == again == bad
+
+
 def test_skipped_images_are_reported_once_across_a_resume(spoilt):
   bad = {"train/c1/img04.jpg", "train/c0/img09.jpg", "train/c2/img14.jpg"}
   skipped = []
