@@ -194,6 +194,13 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, 
   """Fresh state, replicated over `mesh`. `image_shape` is one input's shape (`(H, W, C)`;
   a video model's `(T, H, W, C)`). The optimizer state (and with `ema` the EMA) covers the
   parameters matching `trainable` only (`split_trainable`)."""
+  return _make_init(model, tx, image_shape, seed, mesh, trainable=trainable, ema=ema)()
+
+
+def _make_init(model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int,
+               mesh: jax.sharding.Mesh, *, trainable: str = "",
+               ema: bool = False) -> Callable[[], TrainState]:
+  """Jitted `() -> ` the state `init_state` returns."""
   def init():
     # rbg: XLA's bit generator compiles in a fraction of threefry's time for a model's worth
     # of parameters; as reproducible for a given JAX version and backend.
@@ -204,7 +211,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, 
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                       opt_state=tx.init(train), ema_params=train if ema else None)
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()),
-                 compiler_options=runtime.compiler_options())()
+                 compiler_options=runtime.compiler_options())
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0, mix=None):
@@ -713,6 +720,57 @@ def _epoch_logged(workdir: str, step: int) -> bool:
   return logged
 
 
+@dataclasses.dataclass(frozen=True)
+class _Programs:
+  """What a run compiles, for a config's model, optimizer and data shapes."""
+  model: nn.Module
+  schedule: optax.Schedule
+  init: Callable[[], TrainState]
+  train_step: Callable
+  eval_step: Callable
+
+
+# This process's latest runs' programs, least recently used first (a few: each holds its
+# compiled executables).
+_PROGRAMS: dict[tuple, _Programs] = {}
+_KEPT_PROGRAMS = 4
+
+
+def _programs(config: ml_collections.ConfigDict, spec: dict, steps_per_epoch: int,
+              image_shape: tuple[int, ...], mesh: jax.sharding.Mesh) -> _Programs:
+  """The run's jitted functions; a later run of this process with the same settings (a
+  resume, a re-run cell in a notebook) gets the same ones, so nothing is traced again."""
+  dc, optim = config.data, config.optim
+  mixing = (dict(mixup_alpha=dc.mixup_alpha, cutmix_alpha=dc.cutmix_alpha,
+                 switch_prob=dc.mix_switch_prob)
+            if dc.mixup_alpha > 0 or dc.cutmix_alpha > 0 else None)
+  settings = dict(spec=spec, optim=optim.to_dict(), steps_per_epoch=steps_per_epoch,
+                  num_epochs=config.num_epochs, batch_size=config.batch_size,
+                  image_shape=image_shape, seed=config.seed, mixing=mixing,
+                  trainable=config.trainable_params, eval_flip=config.eval_flip,
+                  compiler_options=runtime.compiler_options())
+  key = (json.dumps(settings, sort_keys=True, default=str), mesh)
+  programs = _PROGRAMS.pop(key, None)
+  if programs is None:
+    schedule = learning_rate_schedule(optim, steps_per_epoch, config.num_epochs,
+                                      config.batch_size)
+    tx = create_optimizer(optim, schedule)
+    model = create_model(**spec)
+    programs = _Programs(
+        model, schedule,
+        init=_make_init(model, tx, image_shape, config.seed, mesh,
+                        trainable=config.trainable_params, ema=optim.ema_decay > 0),
+        train_step=make_train_step(
+            model, tx, optim.label_smoothing, config.seed, optim.grad_accum_steps,
+            trainable=config.trainable_params, ema_decay=optim.ema_decay, mixing=mixing,
+            aux_loss_weight=optim.aux_loss_weight),
+        eval_step=make_eval_step(model, config.eval_flip))
+  _PROGRAMS[key] = programs  # the most recently used last
+  while len(_PROGRAMS) > _KEPT_PROGRAMS:
+    del _PROGRAMS[next(iter(_PROGRAMS))]
+  return programs
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False, probe: Probe | None = None) -> dict:
   """Trains `config`'s model, evaluating every epoch; resumes from `workdir` if it holds a
@@ -766,13 +824,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       return _score(config, workdir, last, *saved, dataset=dataset)
 
   mesh = make_mesh()
-  schedule = learning_rate_schedule(config.optim, steps_per_epoch, config.num_epochs,
-                                    config.batch_size)
-  tx = create_optimizer(config.optim, schedule)
-  model = create_model(**spec)
-  ema_decay = config.optim.ema_decay
-  state = init_state(model, tx, dataset.image_shape, config.seed, mesh,
-                     trainable=config.trainable_params, ema=ema_decay > 0)
+  programs = _programs(config, spec, steps_per_epoch, dataset.image_shape, mesh)
+  model, schedule, eval_step = programs.model, programs.schedule, programs.eval_step
+  state = programs.init()
   ckpt = checkpoint.Checkpointer(
       checkpoint_dir, keep=config.keep_checkpoints,
       class_names=data.class_names(dataset.builder, config.data.label_key))
@@ -786,7 +840,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      "of gcp: this epoch's train metrics cover only the steps from now on")
   elif config.init_from:
     state = initialise_from(state, config.init_from, config.init_dont_load, spec["arch"])
-  eval_step = make_eval_step(model, config.eval_flip)
   jax.block_until_ready(eval_step(state, shard_batch(dataset.eval_batch, mesh)))
   landscape = probe(model, config) if config.landscape_every_steps else None
   # Everything is checked: from here on the run writes.
@@ -802,13 +855,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                  f"{n_train:,} trained; {steps_per_epoch} steps/epoch x "
                  f"{config.num_epochs} epochs on {jax.device_count()} device(s)")
 
-  mixing = (dict(mixup_alpha=dc.mixup_alpha, cutmix_alpha=dc.cutmix_alpha,
-                 switch_prob=dc.mix_switch_prob)
-            if dc.mixup_alpha > 0 or dc.cutmix_alpha > 0 else None)
-  train_step = make_train_step(
-      model, tx, config.optim.label_smoothing, config.seed, config.optim.grad_accum_steps,
-      trainable=config.trainable_params, ema_decay=ema_decay, mixing=mixing,
-      aux_loss_weight=config.optim.aux_loss_weight)
+  train_step = programs.train_step
   meter = _Meter(config.nan_policy, progress, session_start)
   eval_skipped = []
   eval_batches = _eval_batches(config, dataset, eval_skipped)

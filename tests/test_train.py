@@ -17,7 +17,7 @@ import optax
 import pytest
 import tensorflow as tf
 
-from gcp import checkpoint, data, reporting, train
+from gcp import checkpoint, data, reporting, runtime, train
 from gcp import workdir as workdir_lib
 from gcp.config import base_config
 from gcp.heads import HEADS
@@ -165,8 +165,12 @@ def test_interrupted_run_resumes_to_the_same_parameters(finished_run, data_dir, 
   # Simulate a run killed between the mid-epoch checkpoint at step 6 and the end.
   shutil.rmtree(tmp_path / "checkpoints" / "8")
   assert checkpoint.steps(str(tmp_path / "checkpoints")) == [4, 6]  # latest 3, one removed
+  compiled = runtime.cache_counts()["requests"]
   metrics = train.train_and_evaluate(config, str(tmp_path))
   assert metrics["step"] == 8
+  # The resume in the same process reuses the first run's jitted programs: nothing is
+  # compiled or even looked up in the compilation cache.
+  assert runtime.cache_counts()["requests"] == compiled
   want, got = checkpoint.load_variables(workdir), checkpoint.load_variables(str(tmp_path))
   jax.tree.map(np.testing.assert_array_equal, got, want)
   steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
