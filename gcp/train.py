@@ -200,7 +200,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape, 
 def _make_init(model: nn.Module, tx: optax.GradientTransformation, image_shape, seed: int,
                mesh: jax.sharding.Mesh, *, trainable: str = "",
                ema: bool = False) -> Callable[[], TrainState]:
-  """Jitted `() -> ` the state `init_state` returns."""
+  """`init_state` as a jitted `() -> TrainState`: each call a fresh state."""
   def init():
     # rbg: XLA's bit generator compiles in a fraction of threefry's time for a model's worth
     # of parameters; as reproducible for a given JAX version and backend.
