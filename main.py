@@ -7,7 +7,6 @@ A workdir that holds a run is resumed (or evaluated) with the run's own config
 top. `--mode=eval` scores the workdir's latest checkpoint (or
 --config.init_from=CHECKPOINT, e.g. a converted release model) on the evaluation split.
 """
-import gc
 import json
 import os
 import sys
@@ -90,9 +89,7 @@ def main(argv):
     sys.exit(1)
   print(runtime.cache_summary())
   print(json.dumps(metrics, indent=2))
-  # All is written and closed: spare the interpreter's exit the garbage collector's passes
-  # over TensorFlow's and JAX's objects (~1 s of every launch).
-  gc.freeze()
+  runtime.spare_exit_collection()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,11 @@
   moves it, `JAX_ENABLE_COMPILATION_CACHE=false` turns it off. The cache is bounded
   (`CACHE_MAX_BYTES`, least recently used entries go first), which also makes JAX lock
   it, so concurrent runs share it safely.
+- A quick exit (`spare_exit_collection()`, called by main.py and gcp.study once their work
+  is written): the interpreter's exit skips the garbage collector's passes over what
+  TensorFlow and JAX made, about 1 s of every launch.
 """
+import gc
 import importlib.metadata
 import os
 import pathlib
@@ -133,3 +137,11 @@ def configure() -> None:
   if not _listening:
     jax.monitoring.register_event_listener(_count)
     _listening = True
+
+
+def spare_exit_collection() -> None:
+  """For a command whose work is written and closed: the interpreter's exit then skips the
+  garbage collector's passes over every object TensorFlow and JAX made (~1 s of a launch).
+  (`gc.freeze()`: the collector ignores the objects that exist now; exit handlers still
+  run.)"""
+  gc.freeze()

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main(argv) -> int:
   from absl import flags
 
-  from gcp import train
+  from gcp import runtime, train
   from gcp.analysis import study as study_lib
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
@@ -42,6 +42,7 @@ def main(argv) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(study_lib.markdown(summary, command).split("## Every measurement")[0].rstrip())
+  runtime.spare_exit_collection()
   return 0
 
 
