@@ -744,18 +744,19 @@ def _programs(config: ml_collections.ConfigDict, spec: dict, steps_per_epoch: in
   mixing = (dict(mixup_alpha=dc.mixup_alpha, cutmix_alpha=dc.cutmix_alpha,
                  switch_prob=dc.mix_switch_prob)
             if dc.mixup_alpha > 0 or dc.cutmix_alpha > 0 else None)
-  settings = dict(spec=spec, optim=optim.to_dict(), steps_per_epoch=steps_per_epoch,
+  settings = dict(optim=optim.to_dict(), steps_per_epoch=steps_per_epoch,
                   num_epochs=config.num_epochs, batch_size=config.batch_size,
                   image_shape=image_shape, seed=config.seed, mixing=mixing,
                   trainable=config.trainable_params, eval_flip=config.eval_flip,
                   compiler_options=runtime.compiler_options())
-  key = (json.dumps(settings, sort_keys=True, default=str), mesh)
+  # The module itself, not its spec: a class redefined in a notebook makes another model.
+  model = create_model(**spec)
+  key = (json.dumps(settings, sort_keys=True, default=str), model, mesh)
   programs = _PROGRAMS.pop(key, None)
   if programs is None:
     schedule = learning_rate_schedule(optim, steps_per_epoch, config.num_epochs,
                                       config.batch_size)
     tx = create_optimizer(optim, schedule)
-    model = create_model(**spec)
     programs = _Programs(
         model, schedule,
         init=_make_init(model, tx, image_shape, config.seed, mesh,

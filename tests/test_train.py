@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,11 +19,12 @@ import optax
 import pytest
 import tensorflow as tf
 
-from gcp import checkpoint, data, reporting, runtime, train
+from gcp import checkpoint, data, models, reporting, runtime, train
 from gcp import workdir as workdir_lib
 from gcp.config import base_config
 from gcp.heads import HEADS
 from gcp.models import create_model
+from gcp.models.resnet import ResNet
 from references.every_head import EveryHead, every_head_model
 from references.numerics import NUM_DEVICES
 
@@ -175,6 +178,27 @@ def test_interrupted_run_resumes_to_the_same_parameters(finished_run, data_dir, 
   jax.tree.map(np.testing.assert_array_equal, got, want)
   steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
   assert steps == sorted(steps), "log lines after the restored step must be replaced"
+
+
+def test_programs_are_reused_for_the_same_model_and_settings_only(data_dir, monkeypatch):
+  """What `train_and_evaluate` reuses within a process: the same settings give the same
+  jitted functions; another optimizer setting, or the same names for a class redefined
+  (as a notebook cell does), give new ones."""
+  config, mesh = tiny_config(data_dir), train.make_mesh()
+  spec = {**config.model.to_dict(), "num_classes": 10}
+
+  def programs(config):
+    return train._programs(config, spec, 4, (16, 16, 3), mesh)
+  first = programs(config)
+  assert programs(tiny_config(data_dir)) is first
+  assert programs(tiny_config(data_dir, **{"optim.momentum": 0.5})) is not first
+
+  class Redefined(ResNet):
+    pass
+  build, init = models._BACKBONES["resnet18"]
+  monkeypatch.setitem(models._BACKBONES, "resnet18",
+                      (functools.partial(Redefined, **build.keywords), init))
+  assert programs(config) is not first
 
 
 def test_multi_device_step_matches_single_device():
