@@ -1,4 +1,5 @@
 """train_and_evaluate end to end, exact resume, multi-device equivalence, bad input."""
+import functools
 import glob
 import json
 import os
@@ -8,8 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-
-import functools
 
 import flax.linen as nn
 import jax
