@@ -43,7 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gcp import data, inference  # noqa: E402
+from gcp import data, inference, runtime  # noqa: E402
 from gcp import workdir as workdir_lib  # noqa: E402
 from gcp.data import preprocess  # noqa: E402
 
@@ -232,7 +232,7 @@ def _export_savedmodel(classifier, input_shape, preprocessed: bool, out: str) ->
     pre = preprocess.build(classifier.eval_pp)
     spec = tf.TensorSpec([None, None, None, 3], tf.uint8)
 
-    one = tf.function(lambda im: pre(im, tf.zeros([2], tf.int64)))
+    one = tf.function(lambda im: pre(im, tf.zeros([2], tf.int64)), autograph=False)
     shape = one.get_concrete_function(tf.TensorSpec([None, None, 3], tf.uint8)).output_shapes
     if not shape.is_fully_defined():  # no resize or crop: images come at the network's size
       shape = tf.TensorShape(input_shape)
@@ -386,4 +386,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
   import gcp.pretrained  # noqa: F401,PLC0415 (pretrained:NAME sources)
-  sys.exit(main())
+  runtime.exit_quickly(main())

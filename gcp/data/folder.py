@@ -446,7 +446,7 @@ def _checked_examples(listing: Listing, split: str, ids: dict, stats: dict, bar)
     return i, data, shape
 
   ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
-  ds = ds.map(load_and_check, num_parallel_calls=tf.data.AUTOTUNE,
+  ds = ds.map(preprocess.without_autograph(load_and_check), num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True).ignore_errors().prefetch(64)
   bad, expected = [], 0
   for i, data, _ in ds.as_numpy_iterator():

@@ -238,10 +238,10 @@ def _read(builder, split: str, *, shuffle_seed: int | None, image_key: str,
         split=host_split, shuffle_files=shuffle_seed is not None, decoders=decoders or None,
         read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed,
                                     add_tfds_id=name_key == "tfds_id"))
-  ds = ds.map(lambda ex: {
+  ds = ds.map(preprocess.without_autograph(lambda ex: {
       "image": ex[image_key], "name": ex[name_key],
       "label": (tf.zeros([], tf.int32) if label_key is None
-                else tf.cast(ex[label_key], tf.int32))})
+                else tf.cast(ex[label_key], tf.int32))}))
   return ds, (image.shape if encoded else None)
 
 
@@ -302,19 +302,22 @@ def _decoded(ds, pre, seed_fn, named: int | None = None):
     joined = tf.cond(ex["index"] > prev + 1, dropped, lambda: tf.constant(""))
     return ex["index"], {**ex, "dropped": joined}
 
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.ignore_errors().scan(tf.constant(-1, tf.int64), attach), names
+  ds = ds.map(preprocess.without_autograph(decode), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  return (ds.ignore_errors().scan(tf.constant(-1, tf.int64),
+                                  preprocess.without_autograph(attach)), names)
 
 
 def _examples(ds, pre, seed_fn, encoded: bool, named: int | None = None):
   """`(index, example)` pairs -> examples `{"index", "image", "label", "dropped"}`, decoded
   if `encoded` (`_decoded`; else nothing is dropped). Returns the dataset and the table
   of `_decoded` (None if not `encoded`)."""
-  ds = ds.map(lambda i, ex: {**ex, "index": i})
+  ds = ds.map(preprocess.without_autograph(lambda i, ex: {**ex, "index": i}))
   if encoded:
     return _decoded(ds, pre, seed_fn, named)
-  return ds.map(lambda ex: {"index": ex["index"], "image": ex["image"], "label": ex["label"],
-                            "dropped": tf.constant("")}), None
+  return ds.map(preprocess.without_autograph(
+      lambda ex: {"index": ex["index"], "image": ex["image"], "label": ex["label"],
+                  "dropped": tf.constant("")})), None
 
 
 def _names(dropped: np.ndarray) -> list[str]:
@@ -338,7 +341,8 @@ def _finished(ds, pre, seed_fn, encoded: bool):
 
   def fn(ex):
     return {**ex, "image": finish(ex["image"], seed_fn(ex["index"]))}
-  return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.map(preprocess.without_autograph(fn), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
 
 
 def _check_fixed_size(ds, pp: str, key: str) -> tuple[int, ...]:
@@ -358,7 +362,8 @@ def image_shape(builder, split: str, pp: str, image_key: str = "image") -> tuple
   clip: `(T, H, W, C)`, or `(V, T, H, W, C)` with several views)."""
   ds, stored = _read(builder, split, shuffle_seed=None, image_key=image_key, label_key=None)
   fn = _preprocessing(builder, pp, stored)
-  ds = ds.map(lambda ex: {"image": fn(ex["image"], tf.zeros([2], tf.int64))})
+  ds = ds.map(preprocess.without_autograph(
+      lambda ex: {"image": fn(ex["image"], tf.zeros([2], tf.int64))}))
   return _check_fixed_size(ds, pp, "preprocessing")
 
 

@@ -277,6 +277,14 @@ def make_op(ops: dict[str, Callable], op: str, what: str = "preprocessing op") -
                      f"{signature(ops[name], name)}") from None
 
 
+def without_autograph(fn: Callable) -> Callable:
+  """`fn` for `tf.data` (`Dataset.map`, `scan`) or `tf.function`, traced as written. gcp's
+  preprocessing decides on tensors with TF ops (`tf.cond`, `tf.where`) and branches in
+  Python only on static values (shapes, dtypes, the config), so AutoGraph's rewriting of
+  its source would change nothing; skipping it spares a launch ~0.4 s."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _parse(op: str) -> Callable:
   return make_op(_OPS, op)
 
