@@ -51,7 +51,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gcp import data, inference, train  # noqa: E402
+from gcp import data, inference, runtime, train  # noqa: E402
 from gcp.data import folder, preprocess  # noqa: E402
 from gcp.workdir import write_atomic  # noqa: E402
 import gcp.pretrained  # noqa: E402,F401  (registers the sources pretrained:NAME)
@@ -342,4 +342,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  runtime.exit_quickly(main())

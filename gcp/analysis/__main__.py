@@ -19,6 +19,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 
+from gcp import runtime  # noqa: E402
 from gcp.analysis import report  # noqa: E402
 from gcp.config import split_names  # noqa: E402
 from gcp.data.corruptions import CORRUPTIONS, SEVERITIES  # noqa: E402
@@ -94,4 +95,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  runtime.exit_quickly(main())

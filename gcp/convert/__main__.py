@@ -32,7 +32,7 @@ import json
 import os
 import sys
 
-from gcp import convert
+from gcp import convert, runtime
 from gcp.convert import layouts, pytorch
 
 # Published recipes a converted model evaluates with: (config setting, archs, heads,
@@ -178,4 +178,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  runtime.exit_quickly(main())

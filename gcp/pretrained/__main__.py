@@ -14,7 +14,7 @@ way the model is then `--config.init_from=pretrained:NAME` for fine-tuning and
 import argparse
 import sys
 
-from gcp import checkpoint, pretrained
+from gcp import checkpoint, pretrained, runtime
 from gcp.convert.__main__ import evaluation_hint
 
 
@@ -61,4 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  runtime.exit_quickly(main())
