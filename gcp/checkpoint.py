@@ -23,6 +23,8 @@ import dataclasses
 import json
 import os
 import re
+import sys
+import traceback
 from typing import Any, Callable
 
 import flax
@@ -91,6 +93,29 @@ def _error(directory: str, step: int, items: tuple[str, ...], error: Exception,
                          f"{_reason(step_dir, items, error)}.{' ' + fix if fix else ''}")
 
 
+def _late_read_callback(unraisable) -> bool:
+  return (unraisable.exc_type is RuntimeError and unraisable.object is None
+          and str(unraisable.exc_value) == "Event loop is closed"
+          and any(frame.name == "call_soon_threadsafe"
+                  for frame in traceback.extract_tb(unraisable.exc_traceback)))
+
+
+def _drop_late_read_callbacks() -> None:
+  """Before a restore: should it fail (a damaged checkpoint), the reads still in flight
+  complete after Orbax has closed its event loop, and their callbacks would make Python
+  print "Exception ignored ... RuntimeError: Event loop is closed" under the message that
+  names the damage. Those reports alone are dropped (`sys.unraisablehook`)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_late_read_callbacks", False):
+    return
+
+  def hook(unraisable):
+    if not _late_read_callback(unraisable):
+      previous(unraisable)
+  hook.drops_late_read_callbacks = True
+  sys.unraisablehook = hook
+
+
 # --------------------------------------------------------------------------- training
 
 @dataclasses.dataclass
@@ -152,6 +177,7 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def _restore_items(self, step: int, **args) -> dict:
+    _drop_late_read_callbacks()
     try:
       return self._manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # any failure to read is reported as the damage it is
@@ -313,6 +339,7 @@ def _locate(source: str, step: int | None) -> tuple[str, int]:
 
 def _read(source: str, step: int | None, **args) -> dict:
   directory, step = _locate(source, step)
+  _drop_late_read_callbacks()
   try:
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as reader:
       return reader.restore(os.path.join(directory, str(step)),
