@@ -13,6 +13,10 @@ header (`tf.image.extract_jpeg_shape`) and decodes only that window
 the rest): the same window for the same seed as decoding everything and then cropping.
 Other formats (PNG, ...) are decoded whole and cropped. Decoding yields C channels, C from
 the data set's image shape (3 if unknown), as `Preprocess.decode`.
+
+The pipelines trace the ops as written, without AutoGraph (`without_autograph`): an op
+decides on tensor values with TF ops (`tf.cond`, `tf.where`, `tf.switch_case`); its Python
+`if` and `for` see static values only (shapes, dtypes, its arguments).
 """
 import argparse
 import ast
