@@ -18,10 +18,9 @@
   moves it, `JAX_ENABLE_COMPILATION_CACHE=false` turns it off. The cache is bounded
   (`CACHE_MAX_BYTES`, least recently used entries go first), which also makes JAX lock
   it, so concurrent runs share it safely.
-- A quick exit (`spare_exit_collection()`, called by main.py and gcp.study once their work
-  is written; the other commands end with `exit_quickly(code)`): the interpreter's exit
-  skips the garbage collector's passes over what TensorFlow and JAX made, about 1 s of
-  every launch.
+- A quick exit (`spare_exit_collection()`, called by main.py once its work is written; the
+  other commands end with `exit_quickly(code)`): the interpreter's exit skips the garbage
+  collector's passes over what TensorFlow and JAX made, about 1 s of every launch.
 """
 import gc
 import importlib.metadata

@@ -15,7 +15,7 @@ import sys
 # console (before TensorFlow loads).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from gcp import reporting  # noqa: E402
+from gcp import reporting, runtime  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def main(argv) -> int:
   from absl import flags
 
-  from gcp import runtime, train
+  from gcp import train
   from gcp.analysis import study as study_lib
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
@@ -42,7 +42,6 @@ def main(argv) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(study_lib.markdown(summary, command).split("## Every measurement")[0].rstrip())
-  runtime.spare_exit_collection()
   return 0
 
 
@@ -65,7 +64,7 @@ def run(argv: list[str]) -> None:
     argv = [argv[0], f"--config={argv[1]}", *argv[2:]]
   elif not any(a == "--config" or a.startswith("--config=") for a in argv):
     argv = [argv[0], f"--config={os.path.join(ROOT, 'configs', 'study.py')}", *argv[1:]]
-  app.run(lambda rest: sys.exit(main(rest)), argv=argv)
+  app.run(lambda rest: runtime.exit_quickly(main(rest)), argv=argv)
 
 
 if __name__ == "__main__":
