@@ -18,7 +18,8 @@ default (`--threads` to change). Same batch, float32, label-smoothed cross-entro
 
 Prints images/s of each and the ratio ours / PyTorch (higher is better), each JAX
 configuration's compile + first-step time and, where ours is slower than PyTorch, where a
-step of ours spends its time by op category (a jax.profiler trace of one step).
+step of each spends its time, side by side by op category (benchmarks/step_profile.py: a
+jax.profiler trace of one step of ours, a torch.profiler one of PyTorch's).
 """
 import argparse
 import json
@@ -30,6 +31,7 @@ import time
 
 import numpy as np
 
+import step_profile
 from timing import median_seconds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +61,10 @@ def jax_step(head: str, batch: int, size: int):
   def run():
     state[0], metrics = step(state[0], data)
     jax.block_until_ready(metrics["loss"])
-  return run
+
+  def hlo_text() -> str:  # of the program `run` calls (jit's in-memory cache: no compile)
+    return step.lower(state[0], data).compile().as_text()
+  return run, hlo_text
 
 
 def torch_step(head: str, batch: int, size: int):
@@ -80,58 +85,20 @@ def torch_step(head: str, batch: int, size: int):
   return run
 
 
-# XLA's CPU thunks as the profiler names them (`convolution.12`, `ynn_fusion.3`, ...), by
-# what they compute; the first pattern that matches names the category.
-OP_CATEGORIES = (("convolution", ("convolution", "conv_general_dilated")),
-                 ("YNNPACK fusion (matmul, reduce)", ("ynn_fusion",)),
-                 ("matmul", ("dot",)),
-                 ("layout transpose / copy", ("transpose", "copy")),
-                 ("reduction", ("reduce",)),
-                 ("eigh (LAPACK)", ("eigh", "syevd")),
-                 ("other fusion (elementwise)", ("fusion",)))
-
-
-def _profile(run) -> dict:
-  """Milliseconds per op category of one `run()`, from a jax.profiler trace."""
-  import gzip
-  import tempfile
-  import jax
-  with tempfile.TemporaryDirectory() as tmp:
-    with jax.profiler.trace(tmp, create_perfetto_trace=True):
-      run()
-    path = next(os.path.join(d, f) for d, _, files in os.walk(tmp) for f in files
-                if f.endswith("perfetto_trace.json.gz"))
-    with gzip.open(path) as f:
-      trace = json.load(f)
-  events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  ms, total = {}, 0.0
-  for event in events:
-    if event.get("ph") != "X":
-      continue
-    name = event.get("name", "")
-    if name == "ThunkExecutor::Execute":
-      total += event["dur"] / 1e3
-    for category, patterns in OP_CATEGORIES:
-      if any(p in name for p in patterns) and not name.startswith(("$", "Thunk", "Pjit")):
-        ms[category] = ms.get(category, 0.0) + event["dur"] / 1e3
-        break
-  ms["(all of XLA's executor)"] = total
-  return ms
-
-
 def _worker(args) -> None:
   """In the child: one JAX configuration, every case; prints one JSON line per case."""
   import jax
   for head in args.head:
     for batch in args.batch:
       start = time.perf_counter()
-      run = jax_step(head, batch, args.size)
+      run, hlo_text = jax_step(head, batch, args.size)
       run()  # compiles
       first = time.perf_counter() - start
       seconds = median_seconds(run, args.repeats)
+      profile = step_profile.xla_step_profile(run, hlo_text()) if args.profile else None
       print(json.dumps({"head": head, "batch": batch, "rate": batch / seconds,
                         "first_step": first, "platform": jax.devices()[0].platform,
-                        "profile": _profile(run) if args.profile else None}), flush=True)
+                        "profile": profile}), flush=True)
 
 
 def _jax_rates(args, env_extra: dict) -> dict:
@@ -175,10 +142,11 @@ def main():
         f"jax {jax.__version__} / jaxlib {jaxlib.__version__}; torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); {args.size} px; median of {args.repeats}")
   cases = [(h, b) for h in args.head for b in args.batch]
-  torch_rates = {}
+  torch_rates, torch_profiles = {}, {}
   for head, batch in tqdm(cases, desc="PyTorch"):
-    torch_rates[head, batch] = batch / median_seconds(torch_step(head, batch, args.size),
-                                                      args.repeats)
+    run = torch_step(head, batch, args.size)
+    torch_rates[head, batch] = batch / median_seconds(run, args.repeats)
+    torch_profiles[head, batch] = step_profile.torch_step_profile(run)
   configs = {**XLA_CONFIGS, **{f"defaults + {flags}": {"XLA_FLAGS": flags}
                                for flags in args.xla_flags}}
   jax_rates = {name: _jax_rates(args, env)
@@ -197,11 +165,16 @@ def main():
   for head, batch in cases:
     row = jax_rates["gcp defaults"][head, batch]
     if row["rate"] < torch_rates[head, batch] and row["profile"]:
-      print(f"\nwhere a step of ours (gcp defaults) spends its time, {head}, batch {batch} "
-            f"(one profiled step, ms):")
-      for category, ms in sorted(row["profile"].items(), key=lambda kv: -kv[1]):
-        print(f"  {category:>32} {ms:9.1f}")
-
+      print(f"\nwhere a step spends its time, {head}, batch {batch} (one profiled step each, "
+            f"ms; ours: gcp defaults):")
+      print(f"  {'op category':>36} {'PyTorch':>8} {'ours':>8} {'ours - PyTorch':>15}")
+      theirs, ours = torch_profiles[head, batch], row["profile"]
+      for category in step_profile.CATEGORIES:
+        a, b = theirs.get(category, 0.0), ours.get(category, 0.0)
+        if a or b:
+          print(f"  {category:>36} {a:8.0f} {b:8.0f} {b - a:+15.0f}")
+      a, b = sum(theirs.values()), sum(ours.values())
+      print(f"  {'step':>36} {a:8.0f} {b:8.0f} {b - a:+15.0f}")
 
 if __name__ == "__main__":
   sys.path.insert(0, ROOT)

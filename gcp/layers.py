@@ -10,6 +10,7 @@
 - Padding: 'symmetric' (PyTorch: kernel // 2 on every side) or 'same' (TF/MindSpore: the
   extra row and column of a strided conv go at the bottom and right).
 """
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -64,12 +65,60 @@ def pool(x, window: int, stride: int, kind: str = "max", padding="VALID"):
   Explicit padding is applied first, so that flax's pooling is called with keyword
   arguments and a string padding only: the form exporters (jax2onnx) map to ONNX pooling.
   """
+  if kind == "max" and padding == "SAME":  # made explicit: `max_pool` pools unpadded
+    padding = jax.lax.padtype_to_pads(x.shape[1:3], (window, window), (stride, stride),
+                                      "SAME")
   if not isinstance(padding, str):
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)),
                 constant_values=-jnp.inf if kind == "max" else 0.0)
     padding = "VALID"
-  fn = nn.max_pool if kind == "max" else nn.avg_pool
-  return fn(x, window_shape=(window, window), strides=(stride, stride), padding=padding)
+  if kind == "max":
+    return max_pool(x, window, stride)
+  return nn.avg_pool(x, window_shape=(window, window), strides=(stride, stride),
+                     padding=padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool(x, window: int, stride: int):
+  """Max over each `window` square every `stride` of `[B, H, W, C]` (unpadded) ->
+  `[B, (H - window) // stride + 1, (W - window) // stride + 1, C]`.
+
+  The gradient goes to the first maximum of each window in row-major order, as with XLA's
+  select-and-scatter and PyTorch, but in one fused elementwise pass: XLA's CPU expansion of
+  select-and-scatter (an argmax reduce-window over index arrays, then a scatter) takes
+  several times as long as the forward pass.
+  """
+  return nn.max_pool(x, window_shape=(window, window), strides=(stride, stride),
+                     padding="VALID")
+
+
+def _max_pool_fwd(x, window, stride):
+  y = max_pool(x, window, stride)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, stride, residuals, g):
+  x, y = residuals
+  b, h, w, c = x.shape
+  _, ho, wo, _ = y.shape
+  zero = jnp.zeros((), g.dtype)
+  taken = jnp.zeros(y.shape, bool)  # windows whose maximum an earlier offset already was
+  dx = jnp.zeros(x.shape, g.dtype)
+  for i in range(window):
+    for j in range(window):
+      xs = jax.lax.slice(x, (0, i, j, 0),
+                         (b, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+                         (1, stride, stride, 1))  # each window's element at offset (i, j)
+      hit = ((xs == y) | jnp.isnan(xs)) & ~taken
+      taken = taken | hit
+      # Back to x's grid: interior padding puts window (r, s)'s share at (r*stride + i, ...).
+      dx = dx + jax.lax.pad(jnp.where(hit, g, zero), zero,
+                            ((0, 0, 0), (i, h - i - (ho - 1) * stride - 1, stride - 1),
+                             (j, w - j - (wo - 1) * stride - 1, stride - 1), (0, 0, 0)))
+  return (dx,)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def max_pool_3x3_s2(x, padding: str = "symmetric"):
