@@ -69,7 +69,7 @@ def attribute(events: list[dict]) -> tuple[dict[str, float], int]:
   us = collections.Counter()
   previous = first
   for t, _, action, payload in marks:
-    if t > previous and first <= previous < last:
+    if t > previous and previous < last:
       span = min(t, last) - previous
       for tid in workers:
         if inside[tid]:

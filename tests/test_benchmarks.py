@@ -49,7 +49,8 @@ def test_gpu_benchmark_smoke(tmp_path):
 
 
 def _step_profile():
-  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  if os.path.join(ROOT, "benchmarks") not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
   import step_profile
   return step_profile
 
